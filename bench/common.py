@@ -1,0 +1,70 @@
+"""Shared bench helpers: the SmolLM2 zoo with synthetic fine-tunes, child timing."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from optimizer.smollm import export_smollm2  # noqa: E402
+
+CACHE = Path(os.environ.get("MERGEOPT_BENCH_CACHE", Path.home() / ".cache" / "mergeopt" / "bench"))
+
+
+def synthetic_finetune(base: Path, out: Path, seed: int, scale: float = 0.01) -> Path:
+    """The base plus seeded Gaussian noise of ``scale`` × each tensor's std."""
+    if (out / "model.safetensors").is_file():
+        return out
+    tmp = out.with_name(out.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(base, tmp)
+    gen = torch.Generator().manual_seed(seed)
+    tensors = load_file(base / "model.safetensors")
+    noisy = {}
+    for name in sorted(tensors):
+        t = tensors[name]
+        std = float(t.float().std()) if t.numel() > 1 else 1.0
+        noisy[name] = (t + torch.randn(t.shape, generator=gen) * (scale * std)).contiguous()
+    save_file(noisy, tmp / "model.safetensors", metadata={"format": "pt"})
+    tmp.rename(out)
+    return out
+
+
+def smollm_zoo(n_experts: int) -> tuple[Path, list[Path]]:
+    CACHE.mkdir(parents=True, exist_ok=True)
+    base = export_smollm2(CACHE / "smollm2-135m")
+    experts = [synthetic_finetune(base, CACHE / f"smollm2-ft{i}", seed=100 + i) for i in range(n_experts)]
+    return base, experts
+
+
+def run_child(cmd: list[str], env: dict | None = None) -> tuple[float, int, str]:
+    """Wall seconds, peak RSS in bytes and combined output of one child process."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+    out = proc.stdout.read().decode(errors="replace")
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    wall = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{out[-3000:]}")
+    return wall, usage.ru_maxrss * 1024, out
+
+
+def table(header: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
+    line = lambda r: "| " + " | ".join(str(x).ljust(w) for x, w in zip(r, widths)) + " |"  # noqa: E731
+    sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
+    return "\n".join([line(header), sep, *map(line, rows)])
+
+
+def dump_json(path: Path, data) -> None:
+    path.write_text(json.dumps(data, indent=2))

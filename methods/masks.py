@@ -1,0 +1,119 @@
+"""Sparsification building blocks shared by TIES, DARE, Breadcrumbs and DELLA.
+
+Magnitude masks are defined by *stable* ranks: entries are ordered by |delta|
+ascending and ties break by position, so a mask never depends on the sort
+algorithm. Without a rank cache they are computed from ``kthvalue`` thresholds
+plus an exact tie rule, which avoids a full sort per tensor; with a cache (the
+optimizer precomputes ranks once per study) they are plain comparisons.
+Both paths give identical masks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+
+import torch
+
+# floor(frac * n) in exact arithmetic: 1 - 0.9 - 0.01 is 0.0899999... in binary,
+# and floor(0.0899999 * 100) would drop 8 entries instead of 9.
+_FLOOR_TOLERANCE = 1e-9
+
+
+def floor_count(frac: float, n: int) -> int:
+    """⌊frac · n⌋, robust to binary rounding of ``frac``."""
+    return int(math.floor(frac * n + _FLOOR_TOLERANCE * max(1, n)))
+
+
+def count(frac: float, n: int, compat: str) -> int:
+    """How many of ``n`` entries a fraction selects: mergekit truncates the
+    float product (``int(frac * n)``); the paper's ⌊frac · n⌋ is exact."""
+    if compat == "mergekit":
+        return int(frac * n)
+    return floor_count(frac, n)
+
+
+def as_rows(t: torch.Tensor, per_row: bool) -> torch.Tensor:
+    """View ``t`` as (rows, n): per row (last dimension) or one flattened row."""
+    if per_row and t.dim() >= 1:
+        return t.reshape(-1, t.shape[-1])
+    return t.reshape(1, -1)
+
+
+def stable_ranks(delta: torch.Tensor, per_row: bool) -> torch.Tensor:
+    """Rank of each entry's |value| in its row (or the whole tensor), 0-based.
+
+    Ties break by position: the earlier entry gets the lower rank.
+    """
+    mag = as_rows(delta, per_row).abs()
+    order = torch.argsort(mag, dim=-1, stable=True)
+    ranks = torch.empty_like(order)
+    n = mag.shape[-1]
+    ranks.scatter_(-1, order, torch.arange(n, device=mag.device).expand_as(order))
+    return ranks.reshape(delta.shape)
+
+
+def band_mask(
+    delta: torch.Tensor,
+    drop_low: int,
+    drop_high: int,
+    per_row: bool,
+    ranks: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Boolean mask keeping the band of magnitudes between the two tails.
+
+    Drops the ``drop_low`` smallest and ``drop_high`` largest entries of each
+    row (or of the whole tensor), ties broken by stable rank.
+    """
+    rows = as_rows(delta, per_row)
+    n = rows.shape[-1]
+    drop_low = max(0, min(drop_low, n))
+    drop_high = max(0, min(drop_high, n - drop_low))
+    if ranks is not None:
+        r = as_rows(ranks, per_row)
+        keep = (r >= drop_low) & (r < n - drop_high)
+        return keep.reshape(delta.shape)
+    mag = rows.abs()
+    keep = torch.ones_like(mag, dtype=torch.bool)
+    if drop_low > 0:
+        lo = mag.kthvalue(drop_low, dim=-1, keepdim=True).values
+        below = mag < lo
+        at = mag == lo
+        room = drop_low - below.sum(-1, keepdim=True)
+        # Among entries equal to the threshold, the earliest rank lowest.
+        keep &= ~(below | (at & (at.cumsum(-1) <= room)))
+    if drop_high > 0:
+        hi = mag.kthvalue(n - drop_high + 1, dim=-1, keepdim=True).values
+        above = mag > hi
+        at = mag == hi
+        room = drop_high - above.sum(-1, keepdim=True)
+        # Among entries equal to the threshold, the latest rank highest.
+        from_end = at.flip(-1).cumsum(-1).flip(-1)
+        keep &= ~(above | (at & (from_end <= room)))
+    return keep.reshape(delta.shape)
+
+
+def derive_seed(seed: int, tensor_name: str, model_index: int) -> int:
+    """A 63-bit seed from (seed, tensor, model), independent of execution order."""
+    digest = hashlib.blake2b(
+        f"{seed}\x00{tensor_name}\x00{model_index}".encode(), digest_size=8
+    ).digest()
+    return int.from_bytes(digest, "little") & ((1 << 63) - 1)
+
+
+def uniform_like(
+    delta: torch.Tensor, seed: int, tensor_name: str, model_index: int
+) -> torch.Tensor:
+    """Uniform [0, 1) draws from a generator seeded for this tensor and model."""
+    gen = torch.Generator(device=delta.device)
+    gen.manual_seed(derive_seed(seed, tensor_name, model_index))
+    return torch.rand(delta.shape, generator=gen, device=delta.device, dtype=torch.float32)
+
+
+def l1_rescaled(delta: torch.Tensor, masked: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
+    """Scale ``masked`` so its L1 norm equals ``delta``'s (mergekit's rescale)."""
+    before = delta.abs().sum()
+    after = masked.abs().sum()
+    if before < eps or after < eps:
+        return masked
+    return masked * (before / after)

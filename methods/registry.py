@@ -1,0 +1,228 @@
+"""One place that declares every merge method and its parameters.
+
+Configs are validated against these declarations and the optimizer builds its
+search space from them, so a parameter's name, scope, valid range and default
+search range live here and nowhere else (the mergekit habit of declaring a
+method's parameters next to its registration).
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+
+Scope = Literal["model", "global"]
+Compat = Literal["paper", "mergekit"]
+COMPAT_MODES: tuple[str, ...] = ("paper", "mergekit")
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    """A tunable or fixed parameter of a merge method.
+
+    ``low``/``high`` bound the valid values (``low_open``/``high_open`` exclude
+    the bound itself); ``search`` is the default range the optimizer explores.
+    ``mergekit_default`` overrides ``default`` under ``compat: mergekit`` where
+    mergekit's default differs from the paper's.
+    """
+
+    name: str
+    scope: Scope
+    kind: type = float
+    default: Any = None
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+    search: tuple[float, float] | tuple[bool, ...] | None = None
+    log: bool = False
+    help: str = ""
+    mergekit_default: Any = None
+
+    def default_for(self, compat: str) -> Any:
+        if compat == "mergekit" and self.mergekit_default is not None:
+            return self.mergekit_default
+        return self.default
+
+    def range_text(self) -> str:
+        if self.kind is bool:
+            return "true or false"
+        lo = "(" if self.low_open else "["
+        hi = ")" if self.high_open else "]"
+        low = "-inf" if self.low is None else f"{self.low:g}"
+        high = "inf" if self.high is None else f"{self.high:g}"
+        return f"{lo}{low}, {high}{hi}"
+
+    def check(self, value: Any) -> str | None:
+        """Return why ``value`` is invalid for this parameter, or None."""
+        if self.kind is bool:
+            if not isinstance(value, bool):
+                return f"must be true or false, got {value!r}"
+            return None
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return f"must be a number, got {value!r}"
+        if value != value:  # NaN
+            return "must be a number, got NaN"
+        if self.kind is int and int(value) != value:
+            return f"must be an integer, got {value!r}"
+        if self.low is not None and (value < self.low or (self.low_open and value == self.low)):
+            return f"{value!r} is outside the valid range {self.range_text()}"
+        if self.high is not None and (value > self.high or (self.high_open and value == self.high)):
+            return f"{value!r} is outside the valid range {self.range_text()}"
+        return None
+
+
+@dataclass(frozen=True)
+class TensorContext:
+    """What a method may know about the tensor it merges besides its values."""
+
+    name: str
+    compat: str = "paper"
+    seed: int = 0
+    # Optional per-study cache of stable magnitude ranks: (model index, per_row)
+    # -> int tensor shaped like the delta. Methods fall back to computing what
+    # they need (thresholds) when it is absent.
+    ranks: Callable[[int, bool], torch.Tensor] | None = None
+
+
+MergeFn = Callable[
+    [torch.Tensor, Sequence[torch.Tensor], Mapping[str, Any], TensorContext],
+    torch.Tensor,
+]
+CrossCheck = Callable[[Mapping[str, Any]], "str | None"]
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """A registered merge method.
+
+    ``fn(base, deltas, params, ctx)`` gets float32 tensors — the reference
+    tensor and one task vector per expert — and per-tensor resolved parameters
+    (per-model ones as lists in expert order) and returns the merged float32
+    tensor. ``min_experts``/``max_experts`` count task vectors; ``check``
+    validates combinations of one model's parameters (``beta + gamma < 1``).
+    """
+
+    name: str
+    fn: MergeFn
+    params: tuple[ParamSpec, ...]
+    summary: str
+    min_experts: int = 1
+    max_experts: int | None = None
+    needs_base: bool = True
+    random: bool = False
+    check: CrossCheck | None = None
+    seed_points: tuple[Mapping[str, Any], ...] = ()
+    aliases: Mapping[str, str] = field(default_factory=dict)
+
+    def param(self, name: str) -> ParamSpec:
+        for p in self.params:
+            if p.name == name:
+                return p
+        raise UnknownParameterError(self.name, name, [p.name for p in self.params])
+
+    @property
+    def param_names(self) -> tuple[str, ...]:
+        return tuple(p.name for p in self.params)
+
+
+class UnknownMethodError(ValueError):
+    def __init__(self, name: str) -> None:
+        close = difflib.get_close_matches(name, list(METHODS), n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        super().__init__(
+            f"unknown merge method {name!r}.{hint} Known methods: {', '.join(METHODS)}."
+        )
+
+
+class UnknownParameterError(ValueError):
+    def __init__(self, method: str, name: str, known: Sequence[str]) -> None:
+        close = difflib.get_close_matches(name, list(known), n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        super().__init__(
+            f"unknown parameter {name!r} for merge method {method!r}.{hint} "
+            f"Its parameters are: {', '.join(known)}."
+        )
+
+
+METHODS: dict[str, MethodSpec] = {}
+
+
+def register(spec: MethodSpec) -> MethodSpec:
+    if spec.name in METHODS:
+        raise ValueError(f"merge method {spec.name!r} is registered twice")
+    METHODS[spec.name] = spec
+    return spec
+
+
+def get_method(name: str) -> MethodSpec:
+    try:
+        return METHODS[name]
+    except KeyError:
+        raise UnknownMethodError(name) from None
+
+
+# Shared parameter declarations, so every method names and bounds them alike.
+
+
+def weight_param(search: tuple[float, float] = (0.0, 1.0)) -> ParamSpec:
+    return ParamSpec(
+        "weight",
+        "model",
+        default=1.0,
+        search=search,
+        help="how much of this model's task vector (or, for linear, of the model) goes in",
+    )
+
+
+def density_param(
+    default: float | None,
+    search: tuple[float, float] | None = (0.1, 0.9),
+    help: str = "",
+) -> ParamSpec:
+    return ParamSpec(
+        "density",
+        "model",
+        default=default,
+        low=0.0,
+        high=1.0,
+        low_open=True,
+        search=search,
+        help=help or "fraction of the task vector's entries kept",
+    )
+
+
+def lambda_param(search: tuple[float, float]) -> ParamSpec:
+    return ParamSpec(
+        "lambda",
+        "global",
+        default=1.0,
+        search=search,
+        help="scale of the merged task vector (the alpha of Breadcrumbs)",
+    )
+
+
+def normalize_param(default: bool, mergekit_default: bool | None = None) -> ParamSpec:
+    return ParamSpec(
+        "normalize",
+        "global",
+        kind=bool,
+        default=default,
+        mergekit_default=mergekit_default,
+        help="divide by the sum of the weights that contribute",
+    )
+
+
+def rescale_param() -> ParamSpec:
+    return ParamSpec(
+        "rescale",
+        "global",
+        kind=bool,
+        default=True,
+        help="rescale surviving entries (paper: by 1/keep probability; "
+        "mergekit: to the task vector's L1 norm)",
+    )

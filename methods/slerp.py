@@ -1,0 +1,66 @@
+"""SLERP: spherical interpolation between two models, tensor by tensor."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+
+from methods.registry import MethodSpec, ParamSpec, TensorContext, register
+
+DOT_THRESHOLD = 0.9995
+
+
+def slerp(
+    base: torch.Tensor,
+    deltas: Sequence[torch.Tensor],
+    p: Mapping[str, Any],
+    ctx: TensorContext,
+) -> torch.Tensor:
+    """Interpolate v0 = base and v1 = base + δ along the great circle.
+
+    The angle comes from the normalized flattened tensors; the interpolation
+    uses the unnormalized ones. Nearly parallel tensors (|cos| > 0.9995) fall
+    back to linear interpolation, where the spherical formula is ill-conditioned.
+    """
+    t = float(p["t"])
+    v0 = base
+    v1 = base + deltas[0]
+    a, b = v0.reshape(-1), v1.reshape(-1)
+    na = float(torch.linalg.vector_norm(a, dtype=torch.float64))
+    nb = float(torch.linalg.vector_norm(b, dtype=torch.float64))
+    na = na if na > 1e-8 else 1.0
+    nb = nb if nb > 1e-8 else 1.0
+    dot = float(torch.dot(a.double(), b.double())) / (na * nb) if a.numel() else 1.0
+    dot = max(-1.0, min(1.0, dot))
+    if abs(dot) > DOT_THRESHOLD:
+        return v0 + deltas[0] * t
+    omega = math.acos(dot)
+    s = math.sin(omega)
+    return v0 * (math.sin((1 - t) * omega) / s) + v1 * (math.sin(t * omega) / s)
+
+
+register(
+    MethodSpec(
+        name="slerp",
+        fn=slerp,
+        params=(
+            ParamSpec(
+                "t",
+                "global",
+                default=0.5,
+                low=0.0,
+                high=1.0,
+                search=(0.0, 1.0),
+                help="0 gives the first model (the base), 1 the second",
+            ),
+        ),
+        summary="spherical interpolation of two models (base as v0 and one expert, or two experts)",
+        min_experts=1,
+        max_experts=1,
+        needs_base=False,
+        seed_points=({"t": 0.5},),
+    )
+)

@@ -1,0 +1,172 @@
+"""One-shot merges: model folders in, a model folder out, tensor by tensor.
+
+Only one tensor of each model is in memory at a time, so peak memory stays
+near (models + 1) × the largest tensor whatever the model size.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from methods import MethodSpec, TensorContext
+from optimizer.checkpoint import Checkpoint, check_compatible
+from optimizer.errors import ConfigError, MergeoptError, ModelError
+from optimizer.merge_config import MergeConfig
+from optimizer.model_card import write_model_card
+from optimizer.output_folder import (
+    check_output,
+    copy_support_files,
+    staged_folder,
+    write_config,
+)
+from optimizer.param_forms import layer_position
+from optimizer.progress import tensor_progress
+from optimizer.safetensors_writer import ShardedWriter
+
+DEFAULT_SHARD_BYTES = 5 * 1024**3
+
+
+class MergeError(MergeoptError):
+    """A merge produced an unusable tensor (NaN/inf) or failed mid-way."""
+
+
+def work_dtype(stored: torch.dtype) -> torch.dtype:
+    """Merges are computed in float32, or float64 for float64 checkpoints."""
+    return torch.float64 if stored == torch.float64 else torch.float32
+
+
+def merge_tensor(
+    method: MethodSpec,
+    name: str,
+    reference: torch.Tensor,
+    experts: Sequence[torch.Tensor],
+    params: Mapping[str, Any],
+    compat: str,
+    seed: int,
+    device: torch.device | str = "cpu",
+) -> torch.Tensor:
+    """The merged tensor in the working dtype; NaN or inf is an error."""
+    wd = work_dtype(reference.dtype)
+    base = reference.to(device=device, dtype=wd)
+    deltas = [x.to(device=device, dtype=wd) - base for x in experts]
+    try:
+        merged = method.fn(base, deltas, params, TensorContext(name, compat, seed))
+    except ValueError as e:
+        raise MergeError(f"tensor {name}: {e}") from None
+    if not torch.isfinite(merged).all():
+        raise MergeError(
+            f"tensor {name}: {method.name} produced NaN or inf values; check the "
+            "parameters (weights summing to zero, extreme lambda) and the input models"
+        )
+    return merged
+
+
+@dataclass
+class MergeResult:
+    out: Path
+    tensors: int
+    shards: int
+    seconds: float
+
+
+def open_models(cfg: MergeConfig, allow_pickle: bool) -> tuple[Checkpoint, list[Checkpoint]]:
+    """Open and cross-check every model named in the config (headers only)."""
+    opened: dict[Path, Checkpoint] = {}
+
+    def get(path: Path) -> Checkpoint:
+        key = path.resolve() if path.exists() else path
+        if key not in opened:
+            opened[key] = Checkpoint(path, allow_pickle=allow_pickle)
+        return opened[key]
+
+    reference = get(cfg.reference.path)
+    experts = [get(m.path) for m in cfg.experts]
+    if cfg.base is not None:
+        get(cfg.base.path)
+    check_compatible(reference, experts)
+    return reference, experts
+
+
+def resolve_all_params(cfg: MergeConfig, reference: Checkpoint) -> dict[str, dict[str, Any]]:
+    """Per-tensor parameters for every tensor, validated before any math."""
+    out = {}
+    for name in reference.tensors:
+        params = cfg.tensor_params(name, layer_position(name, reference.num_layers))
+        cfg.check_tensor_params(name, params)
+        out[name] = params
+    return out
+
+
+def run_merge(
+    cfg: MergeConfig,
+    out: str | Path,
+    force: bool = False,
+    device: str = "cpu",
+    allow_pickle: bool = False,
+    max_shard_bytes: int = DEFAULT_SHARD_BYTES,
+    show_progress: bool = False,
+) -> MergeResult:
+    start = time.perf_counter()
+    out = Path(out)
+    check_output(out, force)
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError("--device cuda was asked for but no CUDA device is available")
+    reference, experts = open_models(cfg, allow_pickle)
+    tokenizer_source = cfg.tokenizer_source or reference.path
+    if not tokenizer_source.is_dir():
+        raise ModelError(f"tokenizer_source folder not found: {tokenizer_source}")
+    all_params = resolve_all_params(cfg, reference)
+
+    out_dtype = cfg.output_dtype
+    specs: dict[str, tuple[tuple[int, ...], torch.dtype]] = {}
+    for name, info in reference.tensors.items():
+        dtype = out_dtype if (out_dtype and info.dtype.is_floating_point) else info.dtype
+        specs[name] = (info.shape, dtype)
+    float_dtypes = [
+        info.dtype for info in reference.tensors.values() if info.dtype.is_floating_point
+    ]
+    config_dtype = out_dtype or (float_dtypes[0] if float_dtypes else torch.float32)
+
+    with staged_folder(out, force) as folder:
+        writer = ShardedWriter(folder, specs, max_shard_bytes)
+        with tensor_progress(len(writer.order), show_progress, "merging") as advance:
+            for name in writer.order:
+                ref_t = reference.get(name)
+                if ref_t.dtype.is_floating_point:
+                    merged = merge_tensor(
+                        cfg.method,
+                        name,
+                        ref_t,
+                        [e.get(name) for e in experts],
+                        all_params[name],
+                        cfg.compat,
+                        cfg.seed,
+                        device,
+                    )
+                else:
+                    merged = ref_t
+                writer.write(name, merged.to(specs[name][1]))
+                advance()
+        writer.close()
+        write_config(reference.config, config_dtype, folder)
+        copy_support_files(tokenizer_source, reference.path, folder)
+        write_model_card(
+            folder,
+            method=cfg.method.name,
+            summary=cfg.method.summary,
+            compat=cfg.compat,
+            base=cfg.base.label if cfg.base else None,
+            models=[
+                (m.label, m.parameters)
+                for m in ([cfg.reference] if cfg.reference_is_input else []) + cfg.experts
+            ],
+            parameters=cfg.parameters,
+            config={**cfg.raw, "seed": cfg.seed},
+        )
+    return MergeResult(out, len(writer.order), len(writer.shards), time.perf_counter() - start)
