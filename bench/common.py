@@ -42,7 +42,9 @@ def synthetic_finetune(base: Path, out: Path, seed: int, scale: float = 0.01) ->
 def smollm_zoo(n_experts: int) -> tuple[Path, list[Path]]:
     CACHE.mkdir(parents=True, exist_ok=True)
     base = export_smollm2(CACHE / "smollm2-135m")
-    experts = [synthetic_finetune(base, CACHE / f"smollm2-ft{i}", seed=100 + i) for i in range(n_experts)]
+    experts = [
+        synthetic_finetune(base, CACHE / f"smollm2-ft{i}", seed=100 + i) for i in range(n_experts)
+    ]
     return base, experts
 
 

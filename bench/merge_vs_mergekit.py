@@ -16,7 +16,6 @@ import tempfile
 from pathlib import Path
 
 import yaml
-
 from common import run_child, smollm_zoo, table
 
 PARAMS = {
@@ -64,7 +63,14 @@ def main() -> None:
             best = {}
             out = tmp / f"{method}-out"
             commands = {
-                "mergeopt": [str(bindir / "mergeopt"), "merge", str(cfg_path), "--quiet", "--out", str(out)],
+                "mergeopt": [
+                    str(bindir / "mergeopt"),
+                    "merge",
+                    str(cfg_path),
+                    "--quiet",
+                    "--out",
+                    str(out),
+                ],
                 "mergekit": [mergekit, str(cfg_path), str(out)],
             }
             for tool, cmd in commands.items():
@@ -75,10 +81,33 @@ def main() -> None:
                         best[tool] = (wall, rss)
                     shutil.rmtree(out, ignore_errors=True)
             (ow, orss), (kw, krss) = best["mergeopt"], best["mergekit"]
-            rows.append([method, f"{ow:.1f}", f"{kw:.1f}", f"{ow / kw:.2f}", f"{orss / 1e9:.2f}", f"{krss / 1e9:.2f}", f"{orss / krss:.2f}"])
+            rows.append(
+                [
+                    method,
+                    f"{ow:.1f}",
+                    f"{kw:.1f}",
+                    f"{ow / kw:.2f}",
+                    f"{orss / 1e9:.2f}",
+                    f"{krss / 1e9:.2f}",
+                    f"{orss / krss:.2f}",
+                ]
+            )
             print(rows[-1], flush=True)
     print()
-    print(table(["method", "mergeopt s", "mergekit s", "time ratio", "mergeopt GB", "mergekit GB", "RSS ratio"], rows))
+    print(
+        table(
+            [
+                "method",
+                "mergeopt s",
+                "mergekit s",
+                "time ratio",
+                "mergeopt GB",
+                "mergekit GB",
+                "RSS ratio",
+            ],
+            rows,
+        )
+    )
 
 
 if __name__ == "__main__":

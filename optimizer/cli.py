@@ -86,7 +86,171 @@ def build_parser() -> argparse.ArgumentParser:
         "--shard-size", type=parse_size, default="5GB", help="largest output shard (default 5GB)"
     )
     merge.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    def study_parser(name: str, help: str, description: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, description=description)
+        p.add_argument("study", help="study YAML (see studies/demo.yaml)")
+        p.add_argument(
+            "--storage",
+            default=None,
+            help="study storage URL, overriding the file's: sqlite:///x.db, "
+            "postgresql://user:pass@host/db or journal:///path/file.log",
+        )
+        return p
+
+    run = study_parser(
+        "run",
+        "create or resume an optimization study",
+        "Search merge methods and parameters with Optuna: each candidate is written into "
+        "one resident model and scored with lm-eval. Kill it at any moment and run the same "
+        "command again to continue; when the budget of completed trials is reached, the "
+        "best merge is exported.",
+    )
+    run.add_argument(
+        "--n-trials",
+        type=int,
+        default=None,
+        help="total completed trials to reach (overrides n_trials)",
+    )
+    run.add_argument(
+        "--timeout", type=float, default=None, help="stop starting trials after this many seconds"
+    )
+    run.add_argument(
+        "--no-export", action="store_true", help="do not export the best merge at the end"
+    )
+
+    study_parser(
+        "status",
+        "trials by state and the best trials",
+        "Show a study's trials by state and its best trials with per-task search and held-out scores.",
+    )
+
+    export = study_parser(
+        "export",
+        "write a trial's merge as a model folder",
+        "Re-materialize a trial (the best by default), write it as a Hugging Face folder "
+        "with its merge config, reload it and check that it scores what the study recorded.",
+    )
+    export.add_argument("--trial", type=int, default=None, help="trial number (default: the best)")
+    export.add_argument("--out", required=True, help="output model folder")
+    export.add_argument("--force", action="store_true", help="replace an existing output folder")
+    export.add_argument(
+        "--no-verify", action="store_true", help="skip reloading and re-scoring the folder"
+    )
+
+    report = study_parser(
+        "report",
+        "HTML report of a study",
+        "Write report.html: optimization history, parameter importances, Pareto front, best trials.",
+    )
+    report.add_argument("--out", required=True, help="folder for report.html")
+
+    demo = sub.add_parser(
+        "demo",
+        help="build the demo zoo and run the demo study",
+        description="Build (once, cached) SmolLM2-135M plus two experts fine-tuned here on "
+        "distinct skills, run the demo study on them and export the best merge.",
+    )
+    demo.add_argument(
+        "--n-trials", type=int, default=None, help="total completed trials (default: the study's)"
+    )
     return parser
+
+
+def _open_study(args: argparse.Namespace):
+    from optimizer.study import Study
+    from optimizer.study_config import StudyConfig
+
+    if getattr(args, "n_trials", None) is not None and args.n_trials <= 0:
+        from optimizer.errors import ConfigError
+
+        raise ConfigError(f"--n-trials must be positive, got {args.n_trials}")
+    return Study(StudyConfig.from_yaml(args.study, storage=args.storage))
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from optuna.trial import TrialState
+
+    from optimizer.console import TrialReporter, console, status_tables
+    from optimizer.storage import mask_url
+
+    study = _open_study(args)
+    cfg = study.cfg
+    budget = args.n_trials or cfg.n_trials
+    console.print(
+        f"study [bold]{cfg.name}[/bold] in {mask_url(cfg.storage)}: "
+        f"{study.counts()[TrialState.COMPLETE]}/{budget} trials completed; "
+        f"methods: {', '.join(m.name for m in study.space.methods)}"
+    )
+    summary = study.run(budget, args.timeout, on_trial=TrialReporter(budget, cfg.multi_objective))
+    if summary.interrupted:
+        console.print(
+            f"stopped: {summary.completed} completed trials are stored; run the same command to continue"
+        )
+        return 130
+    if summary.best:
+        study.score_heldout(summary.best)
+    for table in status_tables(study):
+        console.print(table)
+    if summary.timed_out:
+        console.print(f"timeout reached with {summary.completed}/{budget} trials completed")
+    elif summary.completed >= budget and summary.best and not args.no_export:
+        from optimizer.export import export_trial
+
+        result = export_trial(study, cfg.export, force=True)
+        console.print(f"exported trial {result.trial} to {result.out} (reloaded score matches)")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from optimizer.console import console, status_tables
+
+    study = _open_study(args)
+    for table in status_tables(study):
+        console.print(table)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from optimizer.console import console
+    from optimizer.export import export_trial
+
+    study = _open_study(args)
+    result = export_trial(
+        study, Path(args.out), args.trial, force=args.force, verify=not args.no_verify
+    )
+    console.print(f"exported trial {result.trial} to {result.out}")
+    console.print(f"  study scores:    {result.study_scores}")
+    if result.reloaded_scores is not None:
+        console.print(f"  reloaded scores: {result.reloaded_scores} (match)")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from optimizer.report import write_report
+
+    path = write_report(_open_study(args), Path(args.out))
+    print(f"wrote {path}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from optimizer.demo import DEMO_STUDY, build_zoo
+
+    build_zoo()
+    return cmd_run(
+        argparse.Namespace(
+            study=str(DEMO_STUDY),
+            storage=None,
+            n_trials=args.n_trials,
+            timeout=None,
+            no_export=False,
+        )
+    )
 
 
 def cmd_merge(args: argparse.Namespace) -> int:
@@ -118,7 +282,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     from optimizer.errors import MergeoptError
 
     args = build_parser().parse_args(argv)
-    handlers = {"merge": cmd_merge}
+    handlers = {
+        "merge": cmd_merge,
+        "run": cmd_run,
+        "status": cmd_status,
+        "export": cmd_export,
+        "report": cmd_report,
+        "demo": cmd_demo,
+    }
     try:
         return handlers[args.command](args)
     except MergeoptError as e:

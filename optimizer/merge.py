@@ -25,7 +25,7 @@ from optimizer.output_folder import (
     staged_folder,
     write_config,
 )
-from optimizer.param_forms import layer_position
+from optimizer.param_forms import TensorSite
 from optimizer.progress import tensor_progress
 from optimizer.safetensors_writer import ShardedWriter
 
@@ -97,7 +97,7 @@ def resolve_all_params(cfg: MergeConfig, reference: Checkpoint) -> dict[str, dic
     """Per-tensor parameters for every tensor, validated before any math."""
     out = {}
     for name in reference.tensors:
-        params = cfg.tensor_params(name, layer_position(name, reference.num_layers))
+        params = cfg.tensor_params(TensorSite.of(name, reference.num_layers))
         cfg.check_tensor_params(name, params)
         out[name] = params
     return out

@@ -19,7 +19,7 @@ from methods import COMPAT_MODES, MethodSpec, get_method
 from methods.registry import UnknownMethodError
 from optimizer.errors import ConfigError, suggest
 from optimizer.output_folder import DTYPE_NAMES
-from optimizer.param_forms import check_form, resolve
+from optimizer.param_forms import TensorSite, check_form, resolve
 
 TOP_KEYS = (
     "merge_method",
@@ -87,7 +87,7 @@ class MergeConfig:
     def output_dtype(self) -> torch.dtype | None:
         return self.out_dtype or self.dtype
 
-    def tensor_params(self, tensor_name: str, position: float) -> dict[str, Any]:
+    def tensor_params(self, site: TensorSite) -> dict[str, Any]:
         """Every parameter of the method resolved for one tensor.
 
         Per-model parameters become lists in expert order (a model's own value,
@@ -98,22 +98,16 @@ class MergeConfig:
             default = spec.default_for(self.compat)
             top = self.parameters.get(spec.name, _MISSING)
             if spec.scope == "global":
-                out[spec.name] = (
-                    default if top is _MISSING else resolve(top, tensor_name, position, default)
-                )
+                out[spec.name] = default if top is _MISSING else resolve(top, site, default)
                 continue
             values = []
             for m in self.experts:
                 form = m.parameters.get(spec.name, top)
-                values.append(
-                    default if form is _MISSING else resolve(form, tensor_name, position, default)
-                )
+                values.append(default if form is _MISSING else resolve(form, site, default))
             out[spec.name] = values
         if self.method.name == "linear":
             form = self.reference.parameters.get("weight", self.parameters.get("weight", 1.0))
-            out["base_weight"] = (
-                resolve(form, tensor_name, position, 1.0) if self.reference_is_input else 0.0
-            )
+            out["base_weight"] = resolve(form, site, 1.0) if self.reference_is_input else 0.0
         return out
 
     def check_tensor_params(self, tensor_name: str, params: Mapping[str, Any]) -> None:

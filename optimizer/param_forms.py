@@ -6,12 +6,17 @@ the first entry whose filter occurs in the tensor name wins (an entry without
 ``filter`` matches everything). Tensors outside the numbered layers take the
 gradient's ends: embeddings the first value, everything else (final norm,
 lm_head) the last.
+
+mergeopt adds one key to filter entries, ``layers: [first, last]`` (inclusive),
+so a study's per-layer-group values can be written back as a plain config; for
+it, embeddings count as layer 0 and the final norm and lm_head as the last layer.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from methods.registry import ParamSpec
@@ -26,14 +31,36 @@ def layer_index(tensor_name: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
-def layer_position(tensor_name: str, num_layers: int) -> float:
-    """Where a tensor sits in depth, in [0, 1]."""
+def effective_layer(tensor_name: str, num_layers: int) -> int:
+    """The layer a tensor belongs to; embeddings 0, final norm and lm_head the last."""
     idx = layer_index(tensor_name)
     if idx is None:
-        return 0.0 if _EMBED.search(tensor_name) else 1.0
+        return 0 if _EMBED.search(tensor_name) else max(0, num_layers - 1)
+    return idx
+
+
+def layer_position(tensor_name: str, num_layers: int) -> float:
+    """Where a tensor sits in depth, in [0, 1]."""
     if num_layers <= 1:
         return 0.0
-    return min(1.0, idx / (num_layers - 1))
+    return min(1.0, effective_layer(tensor_name, num_layers) / (num_layers - 1))
+
+
+@dataclass(frozen=True)
+class TensorSite:
+    """What parameter forms look at: the name, depth in [0, 1] and layer index."""
+
+    name: str
+    position: float
+    layer: int
+
+    @classmethod
+    def of(cls, tensor_name: str, num_layers: int) -> TensorSite:
+        return cls(
+            tensor_name,
+            layer_position(tensor_name, num_layers),
+            effective_layer(tensor_name, num_layers),
+        )
 
 
 def interpolate(values: list[float], position: float) -> float:
@@ -49,16 +76,19 @@ def _is_filter_list(value: Any) -> bool:
     return isinstance(value, list) and bool(value) and isinstance(value[0], Mapping)
 
 
-def resolve(value: Any, tensor_name: str, position: float, default: Any) -> Any:
+def resolve(value: Any, site: TensorSite, default: Any) -> Any:
     """The value of one parameter for one tensor."""
     if _is_filter_list(value):
         for entry in value:
             flt = entry.get("filter")
-            if flt is None or flt in tensor_name:
-                return resolve(entry["value"], tensor_name, position, default)
+            layers = entry.get("layers")
+            if (flt is None or flt in site.name) and (
+                layers is None or layers[0] <= site.layer <= layers[1]
+            ):
+                return resolve(entry["value"], site, default)
         return default
     if isinstance(value, list):
-        return interpolate(value, position)
+        return interpolate(value, site.position)
     return value
 
 
@@ -82,11 +112,19 @@ def check_form(value: Any, spec: ParamSpec, where: str) -> None:
                     f"entry {i} of the filter list needs a 'value' (and optionally "
                     "a 'filter' substring), e.g. [{filter: self_attn, value: 0.5}, {value: 0.3}]"
                 )
-            extra = set(entry) - {"filter", "value"}
+            extra = set(entry) - {"filter", "value", "layers"}
             if extra:
                 fail(f"entry {i} of the filter list has unknown key(s) {sorted(extra)}")
             if entry.get("filter") is not None and not isinstance(entry["filter"], str):
                 fail(f"entry {i}: 'filter' must be a substring of tensor names")
+            layers = entry.get("layers")
+            if layers is not None and not (
+                isinstance(layers, list)
+                and len(layers) == 2
+                and all(isinstance(x, int) and not isinstance(x, bool) for x in layers)
+                and layers[0] <= layers[1]
+            ):
+                fail(f"entry {i}: 'layers' must be [first, last] layer indices, got {layers!r}")
             if _is_filter_list(entry["value"]):
                 fail(f"entry {i}: filter lists cannot be nested")
             check_form(entry["value"], spec, f"{where}[{i}].value")

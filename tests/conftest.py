@@ -19,3 +19,56 @@ def tiny_zoo(tmp_path_factory) -> dict[str, Path]:
     for i, name in enumerate(("math", "code")):
         out[name] = save_model(perturbed_copy(base, 0.02, seed=10 + i), tok, root / name)
     return out
+
+
+def demo_words() -> list[str]:
+    import json
+
+    words = set(WORDS)
+    for f in (Path(__file__).resolve().parents[1] / "eval_tasks" / "demo").glob("*.jsonl"):
+        for line in f.read_text().splitlines():
+            doc = json.loads(line)
+            words.update(doc["question"].split())
+            words.update(doc["choices"])
+    return sorted(words)
+
+
+@pytest.fixture(scope="session")
+def study_zoo(tmp_path_factory) -> dict[str, Path]:
+    """A tiny base and two experts whose tokenizer knows the demo tasks' words."""
+    root = tmp_path_factory.mktemp("study_zoo")
+    tok = build_tokenizer(demo_words())
+    base = tiny_llama(len(tok), hidden=32, layers=2, seed=1)
+    out = {"base": save_model(base, tok, root / "base")}
+    for i, name in enumerate(("e1", "e2")):
+        out[name] = save_model(perturbed_copy(base, 0.05, seed=20 + i), tok, root / name)
+    return out
+
+
+def write_study(folder: Path, zoo: dict[str, Path], **overrides) -> Path:
+    import yaml
+
+    cfg = {
+        "study": "t",
+        "base_model": str(zoo["base"]),
+        "models": [str(zoo["e1"]), str(zoo["e2"])],
+        "methods": ["task_arithmetic", "ties", "della"],
+        "objective": {
+            "tasks": [
+                {"task": "demo_kinds", "metric": "acc", "heldout": "demo_kinds_heldout"},
+                {"task": "demo_antonyms", "metric": "acc", "weight": 2},
+            ],
+            "limit": 8,
+            "batch_size": 8,
+        },
+        "n_trials": 4,
+        "heartbeat_interval": 1,
+    }
+    for key, value in overrides.items():
+        if value is None:
+            cfg.pop(key, None)
+        else:
+            cfg[key] = value
+    path = folder / "study.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path

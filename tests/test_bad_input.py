@@ -49,19 +49,37 @@ def test_folder_without_weights(tiny_zoo, tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
     shutil.copy(tiny_zoo["base"] / "config.json", empty / "config.json")
-    fails(tmp_path, cfg_for(tiny_zoo, models=[{"model": str(empty)}]), ModelError, "no weights", "model.safetensors")
+    fails(
+        tmp_path,
+        cfg_for(tiny_zoo, models=[{"model": str(empty)}]),
+        ModelError,
+        "no weights",
+        "model.safetensors",
+    )
 
 
 def test_corrupt_and_truncated_safetensors(tiny_zoo, tmp_path):
     bad = tmp_path / "bad"
     shutil.copytree(tiny_zoo["math"], bad)
     (bad / "model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all")
-    fails(tmp_path, cfg_for(tiny_zoo, models=[{"model": str(bad)}]), ModelError, "corrupt safetensors", "bad")
+    fails(
+        tmp_path,
+        cfg_for(tiny_zoo, models=[{"model": str(bad)}]),
+        ModelError,
+        "corrupt safetensors",
+        "bad",
+    )
     shutil.rmtree(bad)
     shutil.copytree(tiny_zoo["math"], bad)
     data = (bad / "model.safetensors").read_bytes()
     (bad / "model.safetensors").write_bytes(data[: len(data) - 1000])
-    fails(tmp_path, cfg_for(tiny_zoo, models=[{"model": str(bad)}]), ModelError, "truncated", "Re-download")
+    fails(
+        tmp_path,
+        cfg_for(tiny_zoo, models=[{"model": str(bad)}]),
+        ModelError,
+        "truncated",
+        "Re-download",
+    )
 
 
 def test_architecture_and_shape_mismatch(tiny_zoo, tmp_path):
@@ -69,12 +87,23 @@ def test_architecture_and_shape_mismatch(tiny_zoo, tmp_path):
 
     tok = build_tokenizer("a b".split())
     other = save_model(tiny_llama(len(tok), hidden=16), tok, tmp_path / "other")
-    text = fails(tmp_path, cfg_for(tiny_zoo, models=[{"model": str(other)}]), ModelError, "shape", "model.embed_tokens.weight")
+    text = fails(
+        tmp_path,
+        cfg_for(tiny_zoo, models=[{"model": str(other)}]),
+        ModelError,
+        "shape",
+        "model.embed_tokens.weight",
+    )
     assert "lm_head.weight" in text  # every mismatch is reported, not just the first
     cfg = json.loads((other / "config.json").read_text())
     cfg["model_type"] = "mistral"
     (other / "config.json").write_text(json.dumps(cfg))
-    fails(tmp_path, cfg_for(tiny_zoo, models=[{"model": str(other)}]), ModelError, "architecture mistral")
+    fails(
+        tmp_path,
+        cfg_for(tiny_zoo, models=[{"model": str(other)}]),
+        ModelError,
+        "architecture mistral",
+    )
 
 
 def test_unknown_method_suggests(tiny_zoo, tmp_path):
@@ -90,7 +119,11 @@ def test_unknown_keys_suggest(tiny_zoo):
     with pytest.raises(ConfigError, match="Did you mean 'base_model'"):
         MergeConfig.from_dict({**cfg_for(tiny_zoo), "base_modle": "x"})
     with pytest.raises(ConfigError, match="top-level 'parameters'"):
-        MergeConfig.from_dict(cfg_for(tiny_zoo, models=[{"model": str(tiny_zoo["math"]), "parameters": {"lambda": 1}}]))
+        MergeConfig.from_dict(
+            cfg_for(
+                tiny_zoo, models=[{"model": str(tiny_zoo["math"]), "parameters": {"lambda": 1}}]
+            )
+        )
 
 
 @pytest.mark.parametrize(
@@ -140,7 +173,9 @@ def test_both_beta_and_density(tiny_zoo):
 
 def test_model_stock_needs_two_experts_and_slerp_two_models(tiny_zoo):
     with pytest.raises(ConfigError, match="at least 2 expert"):
-        MergeConfig.from_dict(cfg_for(tiny_zoo, method="model_stock", models=[{"model": str(tiny_zoo["math"])}]))
+        MergeConfig.from_dict(
+            cfg_for(tiny_zoo, method="model_stock", models=[{"model": str(tiny_zoo["math"])}])
+        )
     with pytest.raises(ConfigError, match="exactly two models.*got 3"):
         MergeConfig.from_dict(cfg_for(tiny_zoo, method="slerp"))
     with pytest.raises(ConfigError, match="needs base_model"):
@@ -162,7 +197,10 @@ def test_failure_mid_merge_leaves_nothing(tiny_zoo, tmp_path):
         "merge_method": "linear",
         "models": [
             {"model": str(tiny_zoo["math"]), "parameters": {"weight": 1.0}},
-            {"model": str(tiny_zoo["code"]), "parameters": {"weight": [{"filter": "norm", "value": -1.0}, {"value": 1.0}]}},
+            {
+                "model": str(tiny_zoo["code"]),
+                "parameters": {"weight": [{"filter": "norm", "value": -1.0}, {"value": 1.0}]},
+            },
         ],
     }
     with pytest.raises(MergeoptError, match="sum to zero"):

@@ -1,0 +1,107 @@
+"""What the CLI shows: live study progress and the status tables (rich)."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any
+
+from optuna.trial import FrozenTrial, TrialState
+from rich.console import Console
+from rich.table import Table
+
+console = Console(stderr=False, highlight=False)
+
+
+def params_text(config: dict[str, Any]) -> str:
+    """A compact line of a candidate's parameters: 'lambda=1.1 density=[0.7, 0.55]'."""
+    parts = []
+    for k, v in (config.get("parameters") or {}).items():
+        parts.append(f"{k}={_short(v)}")
+    per_model: dict[str, list] = {}
+    for m in config.get("models", []):
+        for k, v in (m.get("parameters") or {}).items():
+            per_model.setdefault(k, []).append(_short(v))
+    parts += [f"{k}=[{', '.join(map(str, v))}]" for k, v in per_model.items()]
+    return " ".join(parts)
+
+
+def _short(v: Any) -> Any:
+    if isinstance(v, float):
+        return f"{v:.3g}"
+    if isinstance(v, list):
+        return "per-layer"
+    return v
+
+
+class TrialReporter:
+    """One line per finished trial, with budget, best so far, time per trial and ETA."""
+
+    def __init__(self, budget: int, multi: bool) -> None:
+        self.budget = budget
+        self.multi = multi
+        self.start = time.monotonic()
+        self.finished = 0
+        self.best: float | None = None
+
+    def __call__(self, trial: FrozenTrial, counts: dict[TrialState, int]) -> None:
+        self.finished += 1
+        done = counts[TrialState.COMPLETE]
+        per_trial = (time.monotonic() - self.start) / self.finished
+        eta = per_trial * max(0, self.budget - done)
+        method = trial.params.get("method", "?")
+        timing = trial.user_attrs.get("timing", {})
+        if trial.state == TrialState.COMPLETE:
+            if not self.multi and (self.best is None or trial.value > self.best):
+                self.best = trial.value
+            value = ", ".join(f"{v:.4f}" for v in trial.values)
+            what = f"[green]{value}[/green]"
+        else:
+            what = (
+                f"[red]{trial.state.name.lower()}[/red]: {trial.user_attrs.get('fail_reason', '')}"
+            )
+        best = f" | best {self.best:.4f}" if self.best is not None else ""
+        t = (
+            f" (materialize {timing['materialize']:.2f} s, evaluate {timing['evaluate']:.2f} s)"
+            if timing
+            else ""
+        )
+        console.print(
+            f"trial {trial.number:>3} {method:<16} {what}{t} | {done}/{self.budget} done"
+            f"{best} | {per_trial:.1f} s/trial | ETA {eta / 60:.1f} min",
+            soft_wrap=True,
+        )
+        sys.stdout.flush()
+
+
+def status_tables(study) -> list[Table]:
+    counts = study.counts()
+    states = Table(title=f"study {study.cfg.name}: trials by state")
+    for s in TrialState:
+        states.add_column(s.name.lower(), justify="right")
+    states.add_row(*(str(counts[s]) for s in TrialState))
+    tasks = [t.task for t in study.cfg.tasks]
+    best = Table(title="best trials (search score | held-out score)")
+    best.add_column("#", justify="right")
+    best.add_column("method")
+    best.add_column("value", justify="right")
+    for t in tasks:
+        best.add_column(t, justify="right")
+    best.add_column("parameters")
+    for trial in study.best_trials():
+        scores = trial.user_attrs.get("scores", {})
+        held = study.heldout_scores(trial) or {}
+        cells = []
+        for t in tasks:
+            h = held.get(t)
+            cells.append(
+                f"{scores.get(t, float('nan')):.3f}" + (f" | {h:.3f}" if h is not None else "")
+            )
+        best.add_row(
+            str(trial.number),
+            trial.params.get("method", "?"),
+            ", ".join(f"{v:.4f}" for v in trial.values),
+            *cells,
+            params_text(trial.user_attrs.get("config", {})),
+        )
+    return [states, best]

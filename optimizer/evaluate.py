@@ -1,0 +1,112 @@
+"""Score the resident model with lm-eval, reusing one HFLM and built tasks.
+
+Building tasks and wrapping the model cost seconds; a trial only changes the
+weights in place, so both are made once per study. The request cache stays
+off (it keys on the request, not the weights) and so does bootstrapping.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from optimizer.errors import ConfigError
+
+os.environ.setdefault("TQDM_DISABLE", "1")
+
+
+@dataclass(frozen=True)
+class TaskObjective:
+    """One scored task: its search config, optional held-out config, metric, weight."""
+
+    name: str
+    config: dict[str, Any]
+    metric: str
+    weight: float = 1.0
+    heldout: dict[str, Any] | None = None
+
+
+def _quiet() -> None:
+    for name in ("lm_eval", "lm-eval", "transformers", "datasets"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+class Evaluator:
+    """Built once per study: tasks are built and checked before any model loads
+    (``__init__``), then the resident model is wrapped once (``attach``)."""
+
+    def __init__(
+        self,
+        objectives: Sequence[TaskObjective],
+        limit: int | None = None,
+        num_fewshot: int | None = None,
+    ) -> None:
+        _quiet()
+        from optimizer.tasks import build_tasks, task_metrics
+
+        self.objectives = list(objectives)
+        self.limit = limit
+        self.search = build_tasks([o.config for o in self.objectives], num_fewshot)
+        held = [o.heldout for o in self.objectives if o.heldout is not None]
+        self.heldout = build_tasks(held, num_fewshot) if held else None
+        for o in self.objectives:
+            for tasks, cfg in ((self.search, o.config), (self.heldout, o.heldout)):
+                if cfg is None:
+                    continue
+                task = tasks["tasks"][cfg["task"]]
+                metrics = task_metrics(task)
+                if o.metric not in metrics:
+                    raise ConfigError(
+                        f"task {cfg['task']!r} does not produce metric {o.metric!r}; it "
+                        f"produces: {', '.join(metrics) or 'none'}"
+                    )
+                if len(task.eval_docs) == 0:
+                    raise ConfigError(
+                        f"task {cfg['task']!r} yields no examples: check its data files "
+                        "and split names"
+                    )
+        self.lm: Any = None
+
+    def attach(self, model: Any, tokenizer: Any, batch_size: int = 16) -> Evaluator:
+        from lm_eval.models.huggingface import HFLM
+
+        self.lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
+        return self
+
+    def score(self, heldout: bool = False) -> dict[str, float]:
+        """Per-task metric values; NaN becomes an error, never a score."""
+        from lm_eval.evaluator import evaluate
+
+        tasks = self.heldout if heldout else self.search
+        if tasks is None:
+            return {}
+        results = evaluate(
+            self.lm,
+            tasks,
+            limit=None if heldout else self.limit,
+            cache_requests=False,
+            bootstrap_iters=0,
+            log_samples=False,
+            verbosity="ERROR",
+        )["results"]
+        scores: dict[str, float] = {}
+        for o in self.objectives:
+            cfg = o.heldout if heldout else o.config
+            if cfg is None:
+                continue
+            row = results[cfg["task"]]
+            key = next((k for k in row if k.split(",")[0] == o.metric), None)
+            value = float(row[key]) if key is not None else math.nan
+            if not math.isfinite(value):
+                raise ValueError(f"task {cfg['task']} gave a non-finite {o.metric}: {value}")
+            scores[o.name] = value
+        return scores
+
+    def combine(self, scores: Mapping[str, float]) -> float:
+        """The weighted mean of the per-task scores: a trial's objective value."""
+        total = sum(o.weight for o in self.objectives if o.name in scores)
+        return sum(o.weight * scores[o.name] for o in self.objectives if o.name in scores) / total

@@ -1,0 +1,119 @@
+"""The resident model: every candidate is written into one loaded model in place.
+
+Models are read once. What does not change between trials is kept: the base
+tensors and each expert's task vector in float32 on the compute device, and,
+filled on first use, the stable magnitude ranks that sparsifying methods need
+(int16 per row where rows are short enough, int32 otherwise). A candidate is
+then one pass of tensor math per tensor, copied into the model's parameters:
+no disk, no re-instantiation.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from methods import TensorContext
+from methods.masks import stable_ranks
+from optimizer.checkpoint import Checkpoint, check_compatible
+from optimizer.errors import ModelError
+from optimizer.merge import MergeError
+from optimizer.merge_config import MergeConfig
+from optimizer.param_forms import TensorSite
+
+
+def pick_device(requested: str = "auto") -> torch.device:
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if requested.startswith("cuda") and not torch.cuda.is_available():
+        raise ModelError("device cuda was asked for but no CUDA device is available")
+    return torch.device(requested)
+
+
+class ResidentMerger:
+    def __init__(
+        self,
+        base: Path,
+        experts: Sequence[Path],
+        device: str = "auto",
+        cache_ranks: bool = True,
+    ) -> None:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.device = pick_device(device)
+        base_ckpt = Checkpoint(base)
+        expert_ckpts = [Checkpoint(p) for p in experts]
+        check_compatible(base_ckpt, expert_ckpts)
+        self.num_layers = base_ckpt.num_layers
+        self.model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32).to(self.device)
+        self.model.eval()
+        self.tokenizer = AutoTokenizer.from_pretrained(base)
+        targets = dict(self.model.named_parameters())
+        targets.update(dict(self.model.named_buffers()))
+        self.names = [n for n, info in base_ckpt.tensors.items() if info.dtype.is_floating_point]
+        unknown = [n for n in self.names if n not in targets]
+        if unknown:
+            raise ModelError(
+                f"{base}: checkpoint tensors {unknown[:5]} have no parameter in the loaded "
+                "model; the folder's config.json does not match its weights"
+            )
+        self.targets = {n: targets[n] for n in self.names}
+        self.sites = {n: TensorSite.of(n, self.num_layers) for n in self.names}
+        self.base: dict[str, torch.Tensor] = {}
+        self.deltas: list[dict[str, torch.Tensor]] = [{} for _ in experts]
+        for name in self.names:
+            b = base_ckpt.get(name).to(self.device, torch.float32)
+            self.base[name] = b
+            for i, ck in enumerate(expert_ckpts):
+                self.deltas[i][name] = ck.get(name).to(self.device, torch.float32) - b
+        self.cache_ranks = cache_ranks
+        self._ranks: dict[tuple[str, int, bool], torch.Tensor] = {}
+
+    def _rank_provider(self, name: str):
+        if not self.cache_ranks:
+            return None
+
+        def ranks(index: int, per_row: bool) -> torch.Tensor:
+            key = (name, index, per_row)
+            r = self._ranks.get(key)
+            if r is None:
+                delta = self.deltas[index][name]
+                n = delta.shape[-1] if (per_row and delta.dim() >= 1) else delta.numel()
+                dtype = torch.int16 if n <= 32767 else torch.int32
+                r = stable_ranks(delta, per_row).to(dtype)
+                self._ranks[key] = r
+            return r
+
+        return ranks
+
+    @torch.no_grad()
+    def materialize(self, cfg: MergeConfig) -> float:
+        """Write the merge ``cfg`` describes into the resident model; seconds taken."""
+        start = time.perf_counter()
+        n_experts = len(self.deltas)
+        if len(cfg.experts) != n_experts:
+            raise MergeError(
+                f"the candidate has {len(cfg.experts)} experts, the resident model {n_experts}"
+            )
+        for name in self.names:
+            params = cfg.tensor_params(self.sites[name])
+            cfg.check_tensor_params(name, params)
+            ctx = TensorContext(name, cfg.compat, cfg.seed, ranks=self._rank_provider(name))
+            try:
+                merged = cfg.method.fn(self.base[name], [d[name] for d in self.deltas], params, ctx)
+            except ValueError as e:
+                raise MergeError(f"tensor {name}: {e}") from None
+            if not torch.isfinite(merged).all():
+                raise MergeError(f"tensor {name}: {cfg.method.name} produced NaN or inf values")
+            self.targets[name].copy_(merged)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter() - start
+
+    @torch.no_grad()
+    def restore_base(self) -> None:
+        for name in self.names:
+            self.targets[name].copy_(self.base[name])

@@ -1,0 +1,384 @@
+"""Run, resume and inspect an optimization study.
+
+Data flows one way: the study file is validated, models are loaded once into
+a resident model, and each trial is parameters -> merged tensors written in
+place -> lm-eval scores -> the study's storage. Any process can be killed at
+any moment; running the same command again continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from optimizer.checkpoint import Checkpoint, check_compatible
+from optimizer.errors import ConfigError, MergeoptError
+from optimizer.evaluate import Evaluator, TaskObjective
+from optimizer.merge_config import MergeConfig
+from optimizer.search_space import SearchSpace, allowed_methods
+from optimizer.storage import mask_url, open_storage
+from optimizer.study_config import StudyConfig
+from optimizer.tasks import BUILTIN_TASKS, index_tasks, resolve_task, task_config
+
+HOST = socket.gethostname()
+SEEDED = "mergeopt:seeded"
+FINGERPRINT = "mergeopt:fingerprint"
+MODEL_FILES = "mergeopt:model_files"
+HELDOUT = "mergeopt:heldout:"
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+
+
+class CandidateFailed(Exception):
+    """One candidate could not be merged or scored: its trial fails, the study goes on."""
+
+
+def objectives_for(cfg: StudyConfig) -> list[TaskObjective]:
+    index = index_tasks([BUILTIN_TASKS, *cfg.include_paths])
+    out = []
+    for t in cfg.tasks:
+        held = task_config(resolve_task(t.heldout, index)) if t.heldout else None
+        out.append(
+            TaskObjective(
+                t.task, task_config(resolve_task(t.task, index)), t.metric, t.weight, held
+            )
+        )
+    return out
+
+
+def model_files(paths: list[Path]) -> dict[str, list]:
+    """Size and mtime of every weight file: a cheap check that models did not change."""
+    out = {}
+    for p in paths:
+        files = sorted(p.glob("*.safetensors")) + sorted(p.glob("*.bin"))
+        out[str(p.resolve())] = [[f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in files]
+    return out
+
+
+def make_sampler(cfg: StudyConfig, space: SearchSpace) -> optuna.samplers.BaseSampler:
+    seed = cfg.sampler_seed
+    if cfg.sampler == "tpe":
+        return optuna.samplers.TPESampler(
+            seed=seed, multivariate=True, group=True, constant_liar=True
+        )
+    if cfg.sampler == "cmaes":
+        if len(space.methods) != 1 or any(p.kind is bool for p in space.searched(space.methods[0])):
+            raise ConfigError(
+                "sampler cmaes needs one fixed method with only continuous parameters: "
+                "set methods: [one method]"
+            )
+        return optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False)
+    if cfg.sampler == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed)
+    if cfg.sampler == "gp":
+        try:
+            import scipy  # noqa: F401
+        except ImportError:
+            raise ConfigError("sampler gp needs scipy: pip install scipy") from None
+        return optuna.samplers.GPSampler(seed=seed)
+    return optuna.samplers.RandomSampler(seed=seed)
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@dataclass
+class RunSummary:
+    completed: int
+    failed_this_run: int
+    ran_this_run: int
+    interrupted: bool = False
+    timed_out: bool = False
+    best: list[FrozenTrial] = field(default_factory=list)
+
+
+class Study:
+    """A study file bound to its storage; ``prepare`` validates everything first."""
+
+    def __init__(self, cfg: StudyConfig) -> None:
+        self.cfg = cfg
+        self.objectives = objectives_for(cfg)
+        # Tasks are built (and metrics checked) before any model is loaded.
+        self.evaluator = Evaluator(self.objectives, cfg.limit, cfg.num_fewshot)
+        base = Checkpoint(cfg.base_model)
+        experts = [Checkpoint(p) for p in cfg.models]
+        check_compatible(base, experts)
+        methods = cfg.methods or allowed_methods(len(cfg.models))
+        self.space = SearchSpace(
+            methods,
+            len(cfg.models),
+            base.num_layers,
+            cfg.layer_group_size,
+            cfg.filters,
+            cfg.search_space,
+        )
+        self.sampler = make_sampler(cfg, self.space)
+        self.storage = open_storage(cfg.storage, cfg.heartbeat_interval)
+        self.directions = ["maximize"] * (len(cfg.tasks) if cfg.multi_objective else 1)
+        self.study = optuna.create_study(
+            study_name=cfg.name,
+            storage=self.storage,
+            sampler=self.sampler,
+            directions=self.directions,
+            load_if_exists=True,
+        )
+        self._check_fingerprint()
+        self.merger = None
+
+    # -- identity ----------------------------------------------------------------
+
+    def fingerprint(self) -> dict[str, Any]:
+        cfg = self.cfg
+        return json.loads(
+            json.dumps(
+                {
+                    "search_space": self.space.describe(),
+                    "models": [str(p.resolve()) for p in [cfg.base_model, *cfg.models]],
+                    "tasks": [[t.task, t.metric, t.weight, t.heldout] for t in cfg.tasks],
+                    "limit": cfg.limit,
+                    "num_fewshot": cfg.num_fewshot,
+                    "compat": cfg.compat,
+                    "seed": cfg.seed,
+                    "directions": self.directions,
+                }
+            )
+        )
+
+    def _check_fingerprint(self) -> None:
+        attrs = self.study.user_attrs
+        mine = self.fingerprint()
+        files = model_files([self.cfg.base_model, *self.cfg.models])
+        if FINGERPRINT not in attrs:
+            self.study.set_user_attr(FINGERPRINT, mine)
+            self.study.set_user_attr(MODEL_FILES, files)
+            return
+        theirs = attrs[FINGERPRINT]
+        if theirs != mine:
+            parts = [k for k in mine if theirs.get(k) != mine.get(k)]
+            raise ConfigError(
+                f"study {self.cfg.name!r} in {mask_url(self.cfg.storage)} was created with "
+                f"a different {', '.join(parts)}; its trials cannot be mixed with this "
+                "config's. Use a new study name, or restore the original settings."
+            )
+        if attrs.get(MODEL_FILES) != files:
+            raise ConfigError(
+                f"the model files of study {self.cfg.name!r} changed on disk since it "
+                "started (size or modification time differ); scores of old and new "
+                "trials would not be comparable. Restore the files or start a new study."
+            )
+
+    # -- seeds and recovery ------------------------------------------------------
+
+    def enqueue_seeds_once(self) -> int:
+        if self.study.user_attrs.get(SEEDED):
+            return 0
+        seeds = self.space.seed_trials()
+        for label, params in seeds:
+            self.study.enqueue_trial(params, user_attrs={"seed": label}, skip_if_exists=True)
+        self.study.set_user_attr(SEEDED, True)
+        return len(seeds)
+
+    def recover_dead_trials(self) -> int:
+        """Fail RUNNING trials whose worker on this host is gone; retry their params."""
+        recovered = 0
+        for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            w = t.user_attrs.get("worker") or {}
+            if (
+                w.get("host") != HOST
+                or w.get("pid") == os.getpid()
+                or pid_alive(int(w.get("pid", 0)))
+            ):
+                continue
+            try:
+                self.storage.set_trial_user_attr(
+                    t._trial_id, "fail_reason", "its worker process died"
+                )
+                if not self.storage.set_trial_state_values(t._trial_id, TrialState.FAIL):
+                    continue
+            except Exception:  # noqa: BLE001 - another worker got there first
+                continue
+            self.study.enqueue_trial(t.params, user_attrs={"retry_of": t.number})
+            recovered += 1
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(self.study)
+        return recovered
+
+    # -- trials ------------------------------------------------------------------
+
+    def load_models(self) -> None:
+        from optimizer.resident import ResidentMerger
+
+        if self.merger is None:
+            self.merger = ResidentMerger(
+                self.cfg.base_model, self.cfg.models, self.cfg.device, self.cfg.cache_ranks
+            )
+            self.evaluator.attach(self.merger.model, self.merger.tokenizer, self.cfg.batch_size)
+
+    def candidate(self, params: dict[str, Any]) -> dict[str, Any]:
+        cfg = self.cfg
+        return self.space.candidate_config(
+            params,
+            str(cfg.base_model.resolve()),
+            [str(p.resolve()) for p in cfg.models],
+            cfg.compat,
+            cfg.seed,
+            cfg.dtype,
+        )
+
+    def objective(self, trial: optuna.Trial) -> float | list[float]:
+        import torch
+
+        trial.set_user_attr("worker", {"host": HOST, "pid": os.getpid()})
+        start = time.perf_counter()
+        self.space.suggest(trial)
+        cand = self.candidate(trial.params)
+        trial.set_user_attr("config", cand)
+
+        def fail(why: str) -> None:
+            trial.set_user_attr("fail_reason", why)
+            raise CandidateFailed(why)
+
+        try:
+            materialize = self.merger.materialize(MergeConfig.from_dict(cand))
+        except torch.OutOfMemoryError:
+            fail("out of memory while materializing the candidate")
+        except (MergeoptError, ValueError, RuntimeError) as e:
+            fail(f"merge failed: {e}")
+        t_eval = time.perf_counter()
+        try:
+            scores = self.evaluator.score()
+        except torch.OutOfMemoryError:
+            fail("out of memory while evaluating the candidate")
+        except Exception as e:  # noqa: BLE001 - any evaluation error fails only this trial
+            fail(f"evaluation failed: {type(e).__name__}: {e}")
+        evaluate = time.perf_counter() - t_eval
+        trial.set_user_attr("scores", scores)
+        trial.set_user_attr(
+            "timing",
+            {
+                "materialize": round(materialize, 4),
+                "evaluate": round(evaluate, 4),
+                "other": round(time.perf_counter() - start - materialize - evaluate, 4),
+            },
+        )
+        if self.cfg.multi_objective:
+            return [scores[t.task] for t in self.cfg.tasks]
+        return self.evaluator.combine(scores)
+
+    def counts(self) -> dict[TrialState, int]:
+        out = dict.fromkeys(TrialState, 0)
+        for t in self.study.get_trials(deepcopy=False):
+            out[t.state] += 1
+        return out
+
+    def best_trials(self, limit: int = 5) -> list[FrozenTrial]:
+        complete = self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        if not complete:
+            return []
+        if self.cfg.multi_objective:
+            return self.study.best_trials[:limit]
+        return sorted(complete, key=lambda t: t.value, reverse=True)[:limit]
+
+    def run(
+        self,
+        n_trials: int | None = None,
+        timeout: float | None = None,
+        on_trial: Callable[[FrozenTrial, dict[TrialState, int]], None] | None = None,
+    ) -> RunSummary:
+        budget = n_trials or self.cfg.n_trials
+        timeout = timeout or self.cfg.timeout
+        deadline = time.monotonic() + timeout if timeout else None
+        self.enqueue_seeds_once()
+        self.recover_dead_trials()
+        ran = failed = 0
+        summary = RunSummary(0, 0, 0)
+        previous = signal.getsignal(signal.SIGTERM)
+        signal.signal(signal.SIGTERM, _raise_interrupt)
+        try:
+            while True:
+                self.recover_dead_trials()
+                counts = self.counts()
+                done, running = counts[TrialState.COMPLETE], counts[TrialState.RUNNING]
+                if done >= budget:
+                    break
+                if deadline is not None and time.monotonic() >= deadline:
+                    summary.timed_out = True
+                    break
+                if done + running >= budget:
+                    time.sleep(min(2.0, self.cfg.heartbeat_interval))  # others are finishing
+                    continue
+                self.load_models()
+                self.study.optimize(
+                    self.objective, n_trials=1, catch=(CandidateFailed,), gc_after_trial=False
+                )
+                last = self.study.get_trials(deepcopy=False)[-1]
+                ran += 1
+                failed += last.state == TrialState.FAIL
+                if on_trial:
+                    on_trial(last, self.counts())
+        except KeyboardInterrupt:
+            summary.interrupted = True
+            self._retry_interrupted()
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+        summary.completed = self.counts()[TrialState.COMPLETE]
+        summary.ran_this_run, summary.failed_this_run = ran, failed
+        summary.best = self.best_trials()
+        return summary
+
+    def _retry_interrupted(self) -> None:
+        """A trial cut short by Ctrl-C is failed by Optuna; run its parameters again later."""
+        for t in reversed(self.study.get_trials(deepcopy=False)):
+            w = t.user_attrs.get("worker") or {}
+            if w.get("pid") != os.getpid() or w.get("host") != HOST:
+                continue
+            if (
+                t.state in (TrialState.FAIL, TrialState.RUNNING)
+                and "fail_reason" not in t.user_attrs
+            ):
+                if t.state == TrialState.RUNNING:
+                    self.storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+                self.storage.set_trial_user_attr(t._trial_id, "fail_reason", "interrupted")
+                self.study.enqueue_trial(t.params, user_attrs={"retry_of": t.number})
+            break
+
+    # -- held-out ----------------------------------------------------------------
+
+    def heldout_scores(self, trial: FrozenTrial) -> dict[str, float] | None:
+        return self.study.user_attrs.get(f"{HELDOUT}{trial.number}")
+
+    def score_heldout(self, trials: list[FrozenTrial]) -> None:
+        """Score the held-out split for the best trials only (never used for search)."""
+        if not any(t.heldout for t in self.cfg.tasks):
+            return
+        todo = [t for t in trials if self.heldout_scores(t) is None]
+        if not todo:
+            return
+        self.load_models()
+        for t in todo:
+            self.merger.materialize(MergeConfig.from_dict(t.user_attrs["config"]))
+            self.study.set_user_attr(f"{HELDOUT}{t.number}", self.evaluator.score(heldout=True))
+
+
+def _raise_interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt

@@ -1,0 +1,315 @@
+"""Studies end to end on a tiny zoo: run, resume, seeds, failures, export, report."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import write_study
+from optuna.trial import TrialState
+
+from optimizer.errors import ConfigError, MergeoptError
+from optimizer.export import export_trial
+from optimizer.merge import MergeError
+from optimizer.study import Study
+from optimizer.study_config import StudyConfig
+
+
+def open_study(path: Path) -> Study:
+    return Study(StudyConfig.from_yaml(path))
+
+
+def test_end_to_end_study_export_and_report(study_zoo, tmp_path):
+    study = open_study(write_study(tmp_path, study_zoo))
+    summary = study.run()
+    assert summary.completed == 4
+    complete = study.study.get_trials(states=(TrialState.COMPLETE,))
+    assert len(complete) == 4
+    for t in complete:
+        scores = t.user_attrs["scores"]
+        assert set(scores) == {"demo_kinds", "demo_antonyms"}
+        # weighted objective: (1·kinds + 2·antonyms) / 3
+        assert math.isclose(t.value, (scores["demo_kinds"] + 2 * scores["demo_antonyms"]) / 3)
+        assert t.user_attrs["timing"]["materialize"] > 0
+    # seeds first: each method's seed point, each expert alone, the base
+    labels = [t.user_attrs.get("seed") for t in study.study.get_trials()]
+    assert labels[:4] == [
+        "task_arithmetic seed point",
+        "task_arithmetic seed point",
+        "ties seed point",
+        "della seed point",
+    ]
+    study.score_heldout(summary.best[:1])
+    held = study.heldout_scores(summary.best[0])
+    assert set(held) == {"demo_kinds"}
+    result = export_trial(study, tmp_path / "best")
+    assert result.reloaded_scores == result.study_scores
+    assert (tmp_path / "best" / "mergeopt_config.yaml").is_file()
+    info = json.loads((tmp_path / "best" / "mergeopt_trial.json").read_text())
+    assert info["trial"] == result.trial
+    from optimizer.report import write_report
+
+    page = write_report(study, tmp_path / "report").read_text()
+    assert "<svg" in page and "Optimization history" in page
+
+
+def test_export_detects_a_mismatch(study_zoo, tmp_path, monkeypatch):
+    study = open_study(write_study(tmp_path, study_zoo, n_trials=1))
+    study.run()
+    trial = study.best_trials(1)[0]
+    from optimizer.evaluate import Evaluator
+
+    real = Evaluator.score
+    monkeypatch.setattr(
+        Evaluator,
+        "score",
+        lambda self, heldout=False: {k: v + 0.5 for k, v in real(self, heldout).items()},
+    )
+    with pytest.raises(MergeoptError, match="not the model trial"):
+        export_trial(study, tmp_path / "x", trial.number)
+
+
+def test_resume_continues_to_the_budget_and_seeds_once(study_zoo, tmp_path):
+    path = write_study(tmp_path, study_zoo, n_trials=3)
+    first = open_study(path)
+    first.run()
+    seeds = len(first.space.seed_trials())
+    second = open_study(path)
+    summary = second.run(n_trials=9)
+    assert summary.completed == 9
+    assert summary.ran_this_run == 6
+    seeded = [t for t in second.study.get_trials() if "seed" in t.user_attrs]
+    assert len(seeded) == seeds  # enqueued once, not again on resume
+
+
+def test_failed_candidates_fail_only_their_trial(study_zoo, tmp_path):
+    study = open_study(write_study(tmp_path, study_zoo, n_trials=3))
+    study.load_models()
+    real_materialize, real_score = study.merger.materialize, study.evaluator.score
+    calls = {"m": 0, "s": 0}
+
+    def flaky_materialize(cfg):
+        calls["m"] += 1
+        if calls["m"] == 1:
+            raise MergeError("tensor x: produced NaN or inf values")
+        return real_materialize(cfg)
+
+    def flaky_score(heldout=False):
+        calls["s"] += 1
+        if calls["s"] == 1:
+            raise RuntimeError("lm-eval broke")
+        return real_score(heldout)
+
+    study.merger.materialize = flaky_materialize
+    study.evaluator.score = flaky_score
+    summary = study.run()
+    assert summary.completed == 3
+    failed = study.study.get_trials(states=(TrialState.FAIL,))
+    reasons = sorted(t.user_attrs["fail_reason"] for t in failed)
+    assert len(failed) == 2
+    assert "NaN" in reasons[1] and "evaluation failed: RuntimeError: lm-eval broke" in reasons[0]
+
+
+def test_nan_weights_fail_the_trial(study_zoo, tmp_path):
+    # an expert with an inf weight: every candidate using it is a failed trial
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    bad = tmp_path / "bad"
+    shutil.copytree(study_zoo["e2"], bad)
+    state = load_file(bad / "model.safetensors")
+    name = next(n for n in state if "mlp" in n)
+    state[name][0, 0] = torch.inf
+    save_file(state, bad / "model.safetensors", metadata={"format": "pt"})
+    zoo = {**study_zoo, "e2": bad}
+    study = open_study(
+        write_study(tmp_path, zoo, n_trials=1, methods=["task_arithmetic"], timeout=20)
+    )
+    summary = study.run()
+    failed = study.study.get_trials(states=(TrialState.FAIL,))
+    assert failed and all("NaN or inf" in t.user_attrs["fail_reason"] for t in failed)
+    # the expert-1-alone seed (weight 0 on the bad model, yet 0·inf = NaN) fails too;
+    # the study never crashes and reaches its budget or its timeout
+    assert summary.completed == 1 or summary.timed_out
+
+
+def test_conditional_space_never_proposes_invalid_values(study_zoo, tmp_path):
+    import optuna
+
+    from optimizer.merge_config import MergeConfig
+    from optimizer.param_forms import TensorSite
+    from optimizer.search_space import SearchSpace, allowed_methods
+
+    space = SearchSpace(
+        allowed_methods(2), 2, num_layers=4, layer_group_size=2, filters=["self_attn", "mlp"]
+    )
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    names = [
+        "model.embed_tokens.weight",
+        "model.layers.0.self_attn.q_proj.weight",
+        "model.layers.3.mlp.up_proj.weight",
+        "model.norm.weight",
+        "lm_head.weight",
+    ]
+    seen = set()
+    for _ in range(400):
+        trial = study.ask()
+        space.suggest(trial)
+        cand = space.candidate_config(
+            trial.params,
+            str(study_zoo["base"]),
+            [str(study_zoo["e1"]), str(study_zoo["e2"])],
+            "paper",
+            0,
+        )
+        cfg = MergeConfig.from_dict(cand)
+        seen.add(cfg.method.name)
+        for n in names:
+            params = cfg.tensor_params(TensorSite.of(n, 4))
+            cfg.check_tensor_params(n, params)  # raises on an invalid combination
+            if cfg.method.name.startswith("della"):
+                for d, e in zip(params["density"], params["epsilon"]):
+                    assert 0 < d - e and d + e <= 1
+            if cfg.method.name.startswith("breadcrumbs"):
+                assert all(b + g < 1 for b, g in zip(params["beta"], params["gamma"]))
+        study.tell(trial, 0.0)
+    assert seen == set(allowed_methods(2))
+
+
+def test_layer_groups_and_filters_reach_the_right_tensors(study_zoo):
+    from optimizer.merge_config import MergeConfig
+    from optimizer.param_forms import TensorSite
+    from optimizer.search_space import SearchSpace
+
+    space = SearchSpace(
+        ["task_arithmetic"],
+        2,
+        num_layers=4,
+        layer_group_size=2,
+        filters=["mlp"],
+        overrides={"task_arithmetic.lambda": 1.0},
+    )
+    params = {"method": "task_arithmetic"}
+    for name in space.distributions(space.methods[0]):
+        # encode the site in the value: group 0/1, mlp/other
+        params[name] = 0.1 * (1 + ("g1" in name)) + (0.5 if name.endswith("mlp") else 0.0)
+    cfg = MergeConfig.from_dict(
+        space.candidate_config(
+            params, str(study_zoo["base"]), [str(study_zoo["e1"]), str(study_zoo["e2"])], "paper", 0
+        )
+    )
+    w = lambda n: cfg.tensor_params(TensorSite.of(n, 4))["weight"][0]  # noqa: E731
+    assert w("model.layers.0.mlp.up_proj.weight") == pytest.approx(0.6)
+    assert w("model.layers.1.self_attn.q_proj.weight") == pytest.approx(0.1)
+    assert w("model.layers.3.mlp.up_proj.weight") == pytest.approx(0.7)
+    assert w("model.layers.2.self_attn.o_proj.weight") == pytest.approx(0.2)
+    assert w("model.embed_tokens.weight") == pytest.approx(0.1)  # layer 0
+    assert w("lm_head.weight") == pytest.approx(0.2)  # last layer
+    assert cfg.parameters["lambda"] == 1.0
+
+
+@pytest.mark.parametrize(
+    "overrides,needle",
+    [
+        ({"objective": {"tasks": [{"task": "demo_kindz"}]}}, "Did you mean 'demo_kinds'"),
+        (
+            {"objective": {"tasks": [{"task": "demo_kinds", "metric": "f1"}]}},
+            "does not produce metric 'f1'",
+        ),
+        ({"methods": ["tiez"]}, "Did you mean 'ties'"),
+        ({"models": ["/nonexistent/model"]}, "model folder not found"),
+        (
+            {"storage": "postgresql://user:hunter2@127.0.0.1:1/db"},
+            "cannot open storage postgresql://user:***@127.0.0.1:1/db",
+        ),
+        ({"storage": "not-a-url"}, "is not a database URL"),
+        ({"n_trial": 3}, "Did you mean 'n_trials'"),
+        ({"n_trials": 0}, "n_trials: must be an integer >= 1"),
+        ({"sampler": "tpee"}, "Did you mean 'tpe'"),
+        ({"search_space": {"della.epsilon": 0.5}}, "does not fit every density"),
+        ({"search_space": {"ties.densty": [0.1, 0.2]}}, "Did you mean 'density'"),
+    ],
+)
+def test_bad_study_configs_fail_fast(study_zoo, tmp_path, overrides, needle):
+    path = write_study(tmp_path, study_zoo, **overrides)
+    start = time.monotonic()
+    with pytest.raises(MergeoptError) as exc:
+        open_study(path)
+    assert needle in str(exc.value)
+    assert "hunter2" not in str(exc.value)
+    assert time.monotonic() - start < 30
+
+
+def _running_trial(db: Path) -> bool:
+    try:
+        con = sqlite3.connect(db, timeout=1)
+        row = con.execute(
+            "select count(*) from trials t join trial_user_attributes a on a.trial_id = t.trial_id "
+            "where t.state = 'RUNNING' and a.key = 'config'"
+        ).fetchone()
+        con.close()
+        return bool(row and row[0])
+    except sqlite3.Error:
+        return False
+
+
+def test_sigkill_mid_trial_then_resume(study_zoo, tmp_path):
+    # 7 seed trials are queued first; the retry queues behind them, so the
+    # budget leaves room for it to run
+    path = write_study(tmp_path, study_zoo, n_trials=10)
+    db = tmp_path / "t.db"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    cmd = [sys.executable, "-m", "optimizer.cli", "run", str(path), "--no-export"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    # let two trials finish, then kill while a trial is running
+    while time.monotonic() < deadline:
+        if db.exists() and _complete(db) >= 2 and _running_trial(db):
+            break
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    study = open_study(path)
+    before = {t.number: t.values for t in study.study.get_trials(states=(TrialState.COMPLETE,))}
+    killed = study.study.get_trials(states=(TrialState.RUNNING,))
+    assert len(before) >= 2 and len(killed) == 1
+    summary = study.run()
+    assert summary.completed == 10
+    after = {t.number: t.values for t in study.study.get_trials(states=(TrialState.COMPLETE,))}
+    assert all(after[n] == v for n, v in before.items())  # no completed trial lost
+    dead = study.study.trials[killed[0].number]
+    assert (
+        dead.state == TrialState.FAIL
+        and dead.user_attrs["fail_reason"] == "its worker process died"
+    )
+    retries = [t for t in study.study.get_trials() if t.user_attrs.get("retry_of") == dead.number]
+    assert len(retries) == 1 and retries[0].state == TrialState.COMPLETE
+    assert {k: v for k, v in retries[0].params.items() if k in dead.params} == dead.params
+
+
+def _complete(db: Path) -> int:
+    try:
+        con = sqlite3.connect(db, timeout=1)
+        n = con.execute("select count(*) from trials where state = 'COMPLETE'").fetchone()[0]
+        con.close()
+        return n
+    except sqlite3.Error:
+        return 0
+
+
+def test_changed_space_is_refused(study_zoo, tmp_path):
+    path = write_study(tmp_path, study_zoo, n_trials=1)
+    open_study(path).run()
+    path = write_study(tmp_path, study_zoo, n_trials=1, methods=["ties"])
+    with pytest.raises(ConfigError, match="different search_space"):
+        open_study(path)
