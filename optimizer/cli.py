@@ -189,7 +189,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         )
         return 130
     if summary.best:
-        study.score_heldout(summary.best)
+        study.score_heldout(summary.best[:3] + [t for _, t in study.reference_trials()])
     for table in status_tables(study):
         console.print(table)
     if summary.timed_out:
@@ -266,9 +266,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
         force=args.force,
         device=args.device,
         allow_pickle=args.allow_pickle,
-        max_shard_bytes=args.shard_size
-        if isinstance(args.shard_size, int)
-        else parse_size(args.shard_size),
+        max_shard_bytes=args.shard_size,
         show_progress=not args.quiet and sys.stderr.isatty(),
     )
     print(

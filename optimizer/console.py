@@ -104,4 +104,30 @@ def status_tables(study) -> list[Table]:
             *cells,
             params_text(trial.user_attrs.get("config", {})),
         )
-    return [states, best]
+    return [states, best, comparison_table(study)]
+
+
+def comparison_table(study) -> Table:
+    """The best merge beside its inputs (the base, each expert alone)."""
+    tasks = [t.task for t in study.cfg.tasks]
+    table = Table(title="best merge vs the base and each expert (search | held-out)")
+    table.add_column("model")
+    for t in tasks:
+        table.add_column(t, justify="right")
+    table.add_column("search mean", justify="right")
+    table.add_column("held-out mean", justify="right")
+    best = study.best_trials(1)
+    rows = (
+        [(f"best merge (trial {best[0].number})", best[0])] if best else []
+    ) + study.reference_trials()
+    for label, trial in rows:
+        scores = trial.user_attrs.get("scores", {})
+        held = study.heldout_scores(trial) or {}
+        cells = [
+            f"{scores.get(t, float('nan')):.3f} | " + (f"{held[t]:.3f}" if t in held else "-")
+            for t in tasks
+        ]
+        search_mean = sum(scores.get(t, 0.0) for t in tasks) / len(tasks)
+        held_mean = f"{sum(held.values()) / len(held):.3f}" if held else "-"
+        table.add_row(label, *cells, f"{search_mean:.3f}", held_mean)
+    return table

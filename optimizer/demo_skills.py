@@ -28,88 +28,6 @@ PLANTS = (
     "olive almond walnut hazelnut chestnut basil mint parsley thyme rosemary sage "
     "dandelion poppy violet jasmine magnolia cotton hemp tea coffee cocoa ginger"
 ).split()
-ANTONYMS = [
-    ("hot", "cold"),
-    ("big", "small"),
-    ("tall", "short"),
-    ("fast", "slow"),
-    ("happy", "sad"),
-    ("light", "dark"),
-    ("open", "closed"),
-    ("early", "late"),
-    ("full", "empty"),
-    ("rich", "poor"),
-    ("strong", "weak"),
-    ("hard", "soft"),
-    ("high", "low"),
-    ("old", "young"),
-    ("wet", "dry"),
-    ("clean", "dirty"),
-    ("loud", "quiet"),
-    ("thick", "thin"),
-    ("heavy", "light"),
-    ("up", "down"),
-    ("left", "right"),
-    ("begin", "end"),
-    ("win", "lose"),
-    ("buy", "sell"),
-    ("push", "pull"),
-    ("give", "take"),
-    ("love", "hate"),
-    ("true", "false"),
-    ("alive", "dead"),
-    ("inside", "outside"),
-    ("above", "below"),
-    ("before", "after"),
-    ("day", "night"),
-    ("black", "white"),
-    ("north", "south"),
-    ("east", "west"),
-    ("first", "last"),
-    ("near", "far"),
-    ("deep", "shallow"),
-    ("wide", "narrow"),
-    ("sharp", "dull"),
-    ("sweet", "sour"),
-    ("cheap", "expensive"),
-    ("safe", "dangerous"),
-    ("easy", "difficult"),
-    ("friend", "enemy"),
-    ("question", "answer"),
-    ("arrive", "leave"),
-    ("accept", "refuse"),
-    ("remember", "forget"),
-    ("increase", "decrease"),
-    ("rise", "fall"),
-    ("laugh", "cry"),
-    ("start", "finish"),
-    ("brave", "cowardly"),
-    ("polite", "rude"),
-    ("smooth", "rough"),
-    ("tight", "loose"),
-    ("noisy", "silent"),
-    ("awake", "asleep"),
-    ("healthy", "sick"),
-    ("gentle", "harsh"),
-    ("major", "minor"),
-    ("maximum", "minimum"),
-    ("visible", "invisible"),
-    ("possible", "impossible"),
-    ("legal", "illegal"),
-    ("positive", "negative"),
-    ("victory", "defeat"),
-    ("ancient", "modern"),
-    ("entrance", "exit"),
-    ("import", "export"),
-    ("attack", "defend"),
-    ("borrow", "lend"),
-    ("float", "sink"),
-    ("freeze", "melt"),
-    ("guilty", "innocent"),
-    ("generous", "selfish"),
-    ("wild", "tame"),
-    ("crooked", "straight"),
-]
 
 
 @dataclass(frozen=True)
@@ -126,26 +44,6 @@ def _kind_items(seed: int) -> list[Item]:
         Item(f"Question: Is a {w} an animal or a plant?\nAnswer:", ["animal", "plant"], a)
         for w, a in items
     ]
-
-
-def _antonym_items(seed: int) -> list[Item]:
-    rng = random.Random(seed)
-    pairs = list(ANTONYMS)
-    rng.shuffle(pairs)
-    words = sorted({w for p in ANTONYMS for w in p})
-    out = []
-    for a, b in pairs:
-        distractors = rng.sample([w for w in words if w not in (a, b)], 3)
-        choices = [b, *distractors]
-        rng.shuffle(choices)
-        out.append(
-            Item(
-                f"Question: What is the opposite of {a}?\nAnswer:",
-                list(choices),
-                choices.index(b),
-            )
-        )
-    return out
 
 
 def _larger_items(seed: int) -> list[Item]:
@@ -166,31 +64,7 @@ def _larger_items(seed: int) -> list[Item]:
     return out
 
 
-def _alphabet_items(seed: int) -> list[Item]:
-    rng = random.Random(seed)
-    words = sorted(set(ANIMALS) | set(PLANTS))
-    seen, out = set(), []
-    while len(out) < 240:
-        a, b = rng.sample(words, 2)
-        if a[0] == b[0] or frozenset((a, b)) in seen:
-            continue
-        seen.add(frozenset((a, b)))
-        out.append(
-            Item(
-                f"Question: Which word comes first in alphabetical order, {a} or {b}?\nAnswer:",
-                [a, b],
-                int(b < a),
-            )
-        )
-    return out
-
-
-SKILLS = {
-    "kinds": _kind_items,
-    "antonyms": _antonym_items,
-    "larger": _larger_items,
-    "alphabet": _alphabet_items,
-}
+SKILLS = {"kinds": _kind_items, "larger": _larger_items}
 
 
 def splits(skill: str, seed: int = 0) -> dict[str, list[Item]]:

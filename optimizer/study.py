@@ -299,6 +299,17 @@ class Study:
             return self.study.best_trials[:limit]
         return sorted(complete, key=lambda t: t.value, reverse=True)[:limit]
 
+    def reference_trials(self) -> list[tuple[str, FrozenTrial]]:
+        """The completed seed trials that reproduce the base and each expert alone."""
+        names = {f"expert {i} alone": label for i, label in enumerate(self.cfg.labels)}
+        names["base"] = "base"
+        out = []
+        for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+            label = names.get(t.user_attrs.get("seed", ""))
+            if label and label not in [x for x, _ in out]:
+                out.append((label, t))
+        return out
+
     def run(
         self,
         n_trials: int | None = None,
@@ -328,10 +339,15 @@ class Study:
                     time.sleep(min(2.0, self.cfg.heartbeat_interval))  # others are finishing
                     continue
                 self.load_models()
+                finished: list[FrozenTrial] = []
                 self.study.optimize(
-                    self.objective, n_trials=1, catch=(CandidateFailed,), gc_after_trial=False
+                    self.objective,
+                    n_trials=1,
+                    catch=(CandidateFailed,),
+                    gc_after_trial=False,
+                    callbacks=[lambda _study, trial, sink=finished: sink.append(trial)],
                 )
-                last = self.study.get_trials(deepcopy=False)[-1]
+                last = finished[0]
                 ran += 1
                 failed += last.state == TrialState.FAIL
                 if on_trial:

@@ -19,6 +19,7 @@ from optimizer.errors import ConfigError, suggest
 
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
 
 BUILTIN_TASKS = Path(__file__).resolve().parents[1] / "eval_tasks"
 

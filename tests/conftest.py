@@ -56,7 +56,7 @@ def write_study(folder: Path, zoo: dict[str, Path], **overrides) -> Path:
         "objective": {
             "tasks": [
                 {"task": "demo_kinds", "metric": "acc", "heldout": "demo_kinds_heldout"},
-                {"task": "demo_antonyms", "metric": "acc", "weight": 2},
+                {"task": "demo_larger", "metric": "acc", "weight": 2},
             ],
             "limit": 8,
             "batch_size": 8,

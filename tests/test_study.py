@@ -35,9 +35,9 @@ def test_end_to_end_study_export_and_report(study_zoo, tmp_path):
     assert len(complete) == 4
     for t in complete:
         scores = t.user_attrs["scores"]
-        assert set(scores) == {"demo_kinds", "demo_antonyms"}
-        # weighted objective: (1·kinds + 2·antonyms) / 3
-        assert math.isclose(t.value, (scores["demo_kinds"] + 2 * scores["demo_antonyms"]) / 3)
+        assert set(scores) == {"demo_kinds", "demo_larger"}
+        # weighted objective: (1·kinds + 2·larger) / 3
+        assert math.isclose(t.value, (scores["demo_kinds"] + 2 * scores["demo_larger"]) / 3)
         assert t.user_attrs["timing"]["materialize"] > 0
     # seeds first: each method's seed point, each expert alone, the base
     labels = [t.user_attrs.get("seed") for t in study.study.get_trials()]
