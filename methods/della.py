@@ -48,7 +48,9 @@ def magprune(
     if delta.dim() == 0 or (density >= 1 and epsilon == 0):
         return delta
     n = as_rows(delta, True).shape[-1]
-    ranks = ctx.ranks(index, True) if ctx.ranks else stable_ranks(delta, True)
+    ranks = ctx.ranks(index, True) if ctx.ranks else None
+    if ranks is None:
+        ranks = stable_ranks(delta, True)
     q = keep_probabilities(ranks, n, density, epsilon)
     keep = uniform_like(delta, ctx.seed, ctx.name, index) < q
     masked = delta * keep

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import math
 
+import numpy as np
 import torch
 
 # floor(frac * n) in exact arithmetic: 1 - 0.9 - 0.01 is 0.0899999... in binary,
@@ -46,6 +47,10 @@ def stable_ranks(delta: torch.Tensor, per_row: bool) -> torch.Tensor:
     Ties break by position: the earlier entry gets the lower rank.
     """
     mag = as_rows(delta, per_row).abs()
+    if mag.dtype == torch.float32:
+        # Non-negative float32 values order exactly as their int32 bit patterns,
+        # and integer sorts are markedly faster.
+        mag = mag.view(torch.int32)
     order = torch.argsort(mag, dim=-1, stable=True)
     ranks = torch.empty_like(order)
     n = mag.shape[-1]
@@ -104,9 +109,18 @@ def derive_seed(seed: int, tensor_name: str, model_index: int) -> int:
 def uniform_like(
     delta: torch.Tensor, seed: int, tensor_name: str, model_index: int
 ) -> torch.Tensor:
-    """Uniform [0, 1) draws from a generator seeded for this tensor and model."""
+    """Uniform [0, 1) float32 draws from a generator seeded for this tensor and model.
+
+    On the CPU the draws come from NumPy's PCG64, about twice as fast as torch's
+    CPU generator; on an accelerator from torch's generator on that device.
+    Either way the same (seed, tensor, model) gives the same draws on a device type.
+    """
+    s = derive_seed(seed, tensor_name, model_index)
+    if delta.device.type == "cpu":
+        rng = np.random.Generator(np.random.PCG64(s))
+        return torch.from_numpy(rng.random(tuple(delta.shape), dtype=np.float32))
     gen = torch.Generator(device=delta.device)
-    gen.manual_seed(derive_seed(seed, tensor_name, model_index))
+    gen.manual_seed(s)
     return torch.rand(delta.shape, generator=gen, device=delta.device, dtype=torch.float32)
 
 

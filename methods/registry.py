@@ -84,9 +84,9 @@ class TensorContext:
     compat: str = "paper"
     seed: int = 0
     # Optional per-study cache of stable magnitude ranks: (model index, per_row)
-    # -> int tensor shaped like the delta. Methods fall back to computing what
-    # they need (thresholds) when it is absent.
-    ranks: Callable[[int, bool], torch.Tensor] | None = None
+    # -> int tensor shaped like the delta, or None when it keeps no such ranks.
+    # Methods fall back to computing what they need (thresholds, ranks) then.
+    ranks: Callable[[int, bool], torch.Tensor | None] | None = None
 
 
 MergeFn = Callable[

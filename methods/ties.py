@@ -41,13 +41,16 @@ def consensus_merge(
             votes.add_(tau, alpha=float(w))
         else:
             votes.add_(tau)
-    elected = torch.where(votes >= 0, 1.0, -1.0)
-    del votes
+    # elected sign as ±1 (a zero vote counts as +), in place of the votes
+    elected = votes.ge_(0).to(taus[0].dtype).mul_(2).sub_(1)
     num = torch.zeros_like(taus[0])
     den = torch.zeros_like(taus[0])
     for tau, w in zip(taus, weights):
-        signed = tau * float(w) if compat == "mergekit" else tau
-        agree = (torch.sign(signed) == elected).to(tau.dtype)
+        # sign(x) == s for s = ±1 exactly when x·s > 0 (x = 0 never agrees)
+        side = elected * tau
+        if compat == "mergekit" and w < 0:
+            side.neg_()
+        agree = side.gt_(0)
         num.addcmul_(tau, agree, value=float(w))
         den.add_(agree, alpha=float(w))
     if normalize:

@@ -104,7 +104,34 @@ def status_tables(study) -> list[Table]:
             *cells,
             params_text(trial.user_attrs.get("config", {})),
         )
-    return [states, best, comparison_table(study)]
+    return [states, best, comparison_table(study), timing_table(study)]
+
+
+def timing_table(study) -> Table:
+    """Mean and median seconds per completed trial, split by phase."""
+    import statistics
+
+    trials = study.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    table = Table(title="seconds per completed trial")
+    for col in ("", "materialize", "evaluate", "rest", "wall"):
+        table.add_column(col, justify="right")
+    rows = []
+    for t in trials:
+        timing = t.user_attrs.get("timing")
+        if timing and t.datetime_start and t.datetime_complete:
+            wall = (t.datetime_complete - t.datetime_start).total_seconds()
+            rows.append(
+                (
+                    timing["materialize"],
+                    timing["evaluate"],
+                    wall - timing["materialize"] - timing["evaluate"],
+                    wall,
+                )
+            )
+    if rows:
+        for label, fn in (("mean", statistics.mean), ("median", statistics.median)):
+            table.add_row(label, *(f"{fn(col):.2f}" for col in zip(*rows)))
+    return table
 
 
 def comparison_table(study) -> Table:

@@ -6,6 +6,7 @@ near (models + 1) × the largest tensor whatever the model size.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -36,6 +37,14 @@ class MergeError(MergeoptError):
     """A merge produced an unusable tensor (NaN/inf) or failed mid-way."""
 
 
+def all_finite(t: torch.Tensor) -> bool:
+    """One pass, no temporary: NaN propagates through min/max, inf shows in them."""
+    if t.numel() == 0:
+        return True
+    lo, hi = torch.aminmax(t)
+    return math.isfinite(lo.item()) and math.isfinite(hi.item())
+
+
 def work_dtype(stored: torch.dtype) -> torch.dtype:
     """Merges are computed in float32, or float64 for float64 checkpoints."""
     return torch.float64 if stored == torch.float64 else torch.float32
@@ -54,12 +63,13 @@ def merge_tensor(
     """The merged tensor in the working dtype; NaN or inf is an error."""
     wd = work_dtype(reference.dtype)
     base = reference.to(device=device, dtype=wd)
-    deltas = [x.to(device=device, dtype=wd) - base for x in experts]
+    # Checkpoint.get returns fresh tensors: experts become task vectors in place.
+    deltas = [x.to(device=device, dtype=wd).sub_(base) for x in experts]
     try:
         merged = method.fn(base, deltas, params, TensorContext(name, compat, seed))
     except ValueError as e:
         raise MergeError(f"tensor {name}: {e}") from None
-    if not torch.isfinite(merged).all():
+    if not all_finite(merged):
         raise MergeError(
             f"tensor {name}: {method.name} produced NaN or inf values; check the "
             "parameters (weights summing to zero, extreme lambda) and the input models"

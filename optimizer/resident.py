@@ -2,10 +2,13 @@
 
 Models are read once. What does not change between trials is kept: the base
 tensors and each expert's task vector in float32 on the compute device, and,
-filled on first use, the stable magnitude ranks that sparsifying methods need
-(int16 per row where rows are short enough, int32 otherwise). A candidate is
-then one pass of tensor math per tensor, copied into the model's parameters:
-no disk, no re-instantiation.
+filled on first use, each row's stable magnitude ranks as int16 (half a model
+per expert), which DELLA and paper-mode Breadcrumbs would otherwise sort for
+every trial. Whole-tensor top-k (TIES) uses kthvalue thresholds instead: a
+per-tensor rank cache would cost a full model per expert. A candidate is then
+tensor math per tensor, copied into the model's parameters: no disk, no
+re-instantiation. Memory: (experts + 2) models, plus 0.5 per expert once ranks
+are cached (``cache_ranks: false`` trades that for a sort per trial).
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from methods import TensorContext
 from methods.masks import stable_ranks
 from optimizer.checkpoint import Checkpoint, check_compatible
 from optimizer.errors import ModelError
-from optimizer.merge import MergeError
+from optimizer.merge import MergeError, all_finite
 from optimizer.merge_config import MergeConfig
 from optimizer.param_forms import TensorSite
 
@@ -70,20 +73,20 @@ class ResidentMerger:
             for i, ck in enumerate(expert_ckpts):
                 self.deltas[i][name] = ck.get(name).to(self.device, torch.float32) - b
         self.cache_ranks = cache_ranks
-        self._ranks: dict[tuple[str, int, bool], torch.Tensor] = {}
+        self._ranks: dict[tuple[str, int], torch.Tensor] = {}
 
     def _rank_provider(self, name: str):
         if not self.cache_ranks:
             return None
 
-        def ranks(index: int, per_row: bool) -> torch.Tensor:
-            key = (name, index, per_row)
+        def ranks(index: int, per_row: bool) -> torch.Tensor | None:
+            delta = self.deltas[index][name]
+            if not per_row or delta.dim() == 0 or delta.shape[-1] > 32767:
+                return None
+            key = (name, index)
             r = self._ranks.get(key)
             if r is None:
-                delta = self.deltas[index][name]
-                n = delta.shape[-1] if (per_row and delta.dim() >= 1) else delta.numel()
-                dtype = torch.int16 if n <= 32767 else torch.int32
-                r = stable_ranks(delta, per_row).to(dtype)
+                r = stable_ranks(delta, True).to(torch.int16)
                 self._ranks[key] = r
             return r
 
@@ -106,7 +109,7 @@ class ResidentMerger:
                 merged = cfg.method.fn(self.base[name], [d[name] for d in self.deltas], params, ctx)
             except ValueError as e:
                 raise MergeError(f"tensor {name}: {e}") from None
-            if not torch.isfinite(merged).all():
+            if not all_finite(merged):
                 raise MergeError(f"tensor {name}: {cfg.method.name} produced NaN or inf values")
             self.targets[name].copy_(merged)
         if self.device.type == "cuda":

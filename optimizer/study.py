@@ -246,6 +246,14 @@ class Study:
         )
 
     def objective(self, trial: optuna.Trial) -> float | list[float]:
+        try:
+            return self._score_trial(trial)
+        except KeyboardInterrupt:
+            # recorded while the trial is still running; Optuna then fails it
+            trial.set_user_attr("fail_reason", "interrupted")
+            raise
+
+    def _score_trial(self, trial: optuna.Trial) -> float | list[float]:
         import torch
 
         trial.set_user_attr("worker", {"host": HOST, "pid": os.getpid()})
@@ -368,13 +376,9 @@ class Study:
             w = t.user_attrs.get("worker") or {}
             if w.get("pid") != os.getpid() or w.get("host") != HOST:
                 continue
-            if (
-                t.state in (TrialState.FAIL, TrialState.RUNNING)
-                and "fail_reason" not in t.user_attrs
-            ):
+            if t.user_attrs.get("fail_reason") == "interrupted":
                 if t.state == TrialState.RUNNING:
                     self.storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
-                self.storage.set_trial_user_attr(t._trial_id, "fail_reason", "interrupted")
                 self.study.enqueue_trial(t.params, user_attrs={"retry_of": t.number})
             break
 

@@ -313,3 +313,71 @@ def test_changed_space_is_refused(study_zoo, tmp_path):
     path = write_study(tmp_path, study_zoo, n_trials=1, methods=["ties"])
     with pytest.raises(ConfigError, match="different search_space"):
         open_study(path)
+
+
+def test_cli_run_status_export_report(study_zoo, tmp_path, capsys):
+    from optimizer.cli import main
+
+    path = write_study(tmp_path, study_zoo, n_trials=3, export=str(tmp_path / "exported"))
+    assert main(["run", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "3/3 done" in out and "best merge vs the base" in out
+    assert (tmp_path / "exported" / "mergeopt_trial.json").is_file()
+    assert main(["status", str(path)]) == 0
+    assert "trials by state" in capsys.readouterr().out
+    assert main(["export", str(path), "--trial", "0", "--out", str(tmp_path / "t0")]) == 0
+    assert "match" in capsys.readouterr().out
+    assert main(["export", str(path), "--trial", "0", "--out", str(tmp_path / "t0")]) == 2
+    assert "--force" in capsys.readouterr().err
+    assert main(["report", str(path), "--out", str(tmp_path / "rep")]) == 0
+    assert (tmp_path / "rep" / "report.html").is_file()
+    assert main(["run", str(path), "--n-trials", "0"]) == 2
+
+
+def test_cmaes_needs_one_method_and_nsga2_gives_a_pareto_front(study_zoo, tmp_path):
+    path = write_study(tmp_path, study_zoo, sampler="cmaes")
+    with pytest.raises(ConfigError, match="cmaes needs one fixed method"):
+        open_study(path)
+    path = write_study(tmp_path, study_zoo, sampler="cmaes", methods=["ties"], n_trials=3)
+    assert open_study(path).run().completed == 3
+    objective = {
+        "tasks": [{"task": "demo_kinds"}, {"task": "demo_larger"}],
+        "limit": 8,
+        "multi_objective": True,
+    }
+    path = write_study(
+        tmp_path, study_zoo, study="mo", sampler="nsga2", objective=objective, n_trials=4
+    )
+    study = open_study(path)
+    summary = study.run()
+    assert summary.completed == 4
+    assert all(len(t.values) == 2 for t in summary.best)
+    from optimizer.report import write_report
+
+    assert "Pareto front" in write_report(study, tmp_path / "r").read_text()
+
+
+def test_ctrl_c_keeps_finished_trials_and_retries_the_interrupted_one(study_zoo, tmp_path):
+    path = write_study(tmp_path, study_zoo, n_trials=10)
+    db = tmp_path / "t.db"
+    cmd = [sys.executable, "-m", "optimizer.cli", "run", str(path), "--no-export"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if db.exists() and _complete(db) >= 2 and _running_trial(db):
+            break
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130, out
+    assert "run the same command to continue" in out
+    study = open_study(path)
+    interrupted = [
+        t for t in study.study.get_trials() if t.user_attrs.get("fail_reason") == "interrupted"
+    ]
+    assert len(interrupted) == 1
+    retry = [
+        t for t in study.study.get_trials() if t.user_attrs.get("retry_of") == interrupted[0].number
+    ]
+    assert len(retry) == 1 and retry[0].state == TrialState.WAITING
+    assert study.run().completed == 10
