@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
 
 from optimizer.errors import ModelError
 
@@ -39,6 +38,7 @@ class TensorInfo:
     file: Path
     dtype: torch.dtype
     shape: tuple[int, ...]
+    offset: int = 0  # absolute byte offset of the data in ``file`` (safetensors)
 
 
 def read_safetensors_header(path: Path) -> dict[str, TensorInfo]:
@@ -80,7 +80,7 @@ def read_safetensors_header(path: Path) -> dict[str, TensorInfo]:
                 f"bytes for shape {list(shape)} of {meta['dtype']}. Re-download the model."
             )
         end = max(end, stop)
-        infos[name] = TensorInfo(path, dtype, shape)
+        infos[name] = TensorInfo(path, dtype, shape, 8 + n + start)
     if 8 + n + end > size:
         raise ModelError(
             f"truncated safetensors file {path}: the header promises {8 + n + end} bytes "
@@ -191,15 +191,22 @@ class Checkpoint:
     def get(self, name: str) -> torch.Tensor:
         """Read one tensor: a fresh CPU tensor in its stored dtype.
 
-        The file is mapped only while the tensor is copied out: a mapping kept
-        open keeps every page read so far resident, and a merge reads them all
-        (measured on SmolLM2-135M, 1.8 GB peak RSS instead of 1.0 GB).
+        The bytes are read straight into the tensor at the offset the checked
+        header gave. A memory mapping would keep every page read so far
+        resident, and a merge reads them all (measured on SmolLM2-135M: 1.8 GB
+        peak RSS mapped, 0.8 GB read).
         """
         if self._pickled is not None:
             return self._pickled[name].clone()
         info = self.tensors[name]
-        with safe_open(str(info.file), framework="pt", device="cpu") as handle:
-            return handle.get_tensor(name).clone()
+        out = torch.empty(info.shape, dtype=info.dtype)
+        if out.numel():
+            buf = out.view(-1).view(torch.uint8).numpy()
+            with info.file.open("rb") as f:
+                f.seek(info.offset)
+                if f.readinto(buf) != buf.nbytes:
+                    raise ModelError(f"truncated safetensors file {info.file} (tensor {name})")
+        return out
 
 
 def check_compatible(base: Checkpoint, others: list[Checkpoint]) -> None:
