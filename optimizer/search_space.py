@@ -94,6 +94,7 @@ class SearchSpace:
         self.groups = [(lo, min(lo + k - 1, last)) for lo in range(0, max(num_layers, 1), k)]
         self.classes = [*filters, CATCH_ALL]
         self.overrides = self._check_overrides(overrides or {})
+        self._check_combinations()
 
     # -- validation -------------------------------------------------------
 
@@ -150,6 +151,10 @@ class SearchSpace:
                     raise ConfigError(f"search_space.{key}: a log range needs low > 0")
                 ov = Override(lo, hi, ov.log)
             out[key] = ov
+        return out
+
+    def _check_combinations(self) -> None:
+        """Refuse ranges that would let the sampler propose an invalid combination."""
         for m in self.methods:
             if m.name.startswith("breadcrumbs"):
                 beta_hi = self._upper(m, "beta")
@@ -160,7 +165,7 @@ class SearchSpace:
                         f">= 1 ({beta_hi} + {gamma_hi}); lower one of them"
                     )
             if "epsilon" in m.param_names:
-                ov = out.get(f"{m.name}.epsilon")
+                ov = self.overrides.get(f"{m.name}.epsilon")
                 if ov is not None:
                     if ov.fixed is None:
                         raise ConfigError(
@@ -174,7 +179,6 @@ class SearchSpace:
                             f"density in [{d_lo}, {d_hi}]: need epsilon < density and "
                             "density + epsilon <= 1"
                         )
-        return out
 
     def _default_range(self, p: ParamSpec) -> tuple[float, float]:
         if p.search is not None:
@@ -182,7 +186,7 @@ class SearchSpace:
         return float(p.low or 0.0), float(p.high if p.high is not None else 1.0)
 
     def _range_or_fixed(self, m: MethodSpec, param: str) -> tuple[float, float]:
-        ov = self.overrides.get(f"{m.name}.{param}") if hasattr(self, "overrides") else None
+        ov = self.overrides.get(f"{m.name}.{param}")
         if ov is not None and ov.fixed is not None:
             return float(ov.fixed), float(ov.fixed)
         if ov is not None:
@@ -228,11 +232,9 @@ class SearchSpace:
                 continue
             if p.name == "epsilon":
                 ov = self.overrides.get(f"{m.name}.{EPS_FRAC}")
-                lo, hi, log = (
-                    (ov.low or 0.0, ov.high if ov and ov.high is not None else 0.99, False)
-                    if ov
-                    else (*EPS_FRAC_RANGE, False)
-                )
+                lo = ov.low if ov and ov.low is not None else EPS_FRAC_RANGE[0]
+                hi = ov.high if ov and ov.high is not None else EPS_FRAC_RANGE[1]
+                log = False
             else:
                 ov = self.overrides.get(f"{m.name}.{p.name}")
                 lo, hi = (ov.low, ov.high) if ov else self._default_range(p)

@@ -237,6 +237,13 @@ def test_layer_groups_and_filters_reach_the_right_tensors(study_zoo):
         ({"n_trials": 0}, "n_trials: must be an integer >= 1"),
         ({"sampler": "tpee"}, "Did you mean 'tpe'"),
         ({"search_space": {"della.epsilon": 0.5}}, "does not fit every density"),
+        (
+            {
+                "methods": ["breadcrumbs"],
+                "search_space": {"breadcrumbs.beta": {"low": 0.1, "high": 0.98}},
+            },
+            "allow beta + gamma >= 1",
+        ),
         ({"search_space": {"ties.densty": [0.1, 0.2]}}, "Did you mean 'density'"),
     ],
 )
@@ -381,3 +388,10 @@ def test_ctrl_c_keeps_finished_trials_and_retries_the_interrupted_one(study_zoo,
     ]
     assert len(retry) == 1 and retry[0].state == TrialState.WAITING
     assert study.run().completed == 10
+
+
+def test_journal_file_storage(study_zoo, tmp_path):
+    path = write_study(tmp_path, study_zoo, n_trials=2, storage=f"journal:///{tmp_path}/j.log")
+    assert open_study(path).run().completed == 2
+    assert open_study(path).run(n_trials=3).completed == 3
+    assert (tmp_path / "j.log").stat().st_size > 0
