@@ -28,6 +28,20 @@ from optimizer.merge_config import MergeConfig
 from optimizer.param_forms import TensorSite
 
 
+def row_ranks_int16(delta: torch.Tensor, chunk_elements: int = 1 << 22) -> torch.Tensor:
+    """Per-row stable ranks as int16, computed a block of rows at a time.
+
+    A whole-tensor argsort would hold int64 orders and ranks (4× the float
+    tensor each) at once; blocks bound that transient to a few MB.
+    """
+    rows = delta.reshape(-1, delta.shape[-1])
+    out = torch.empty(rows.shape, dtype=torch.int16, device=delta.device)
+    step = max(1, chunk_elements // rows.shape[-1])
+    for start in range(0, rows.shape[0], step):
+        out[start : start + step] = stable_ranks(rows[start : start + step], True)
+    return out.reshape(delta.shape)
+
+
 def pick_device(requested: str = "auto") -> torch.device:
     if requested == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -71,7 +85,7 @@ class ResidentMerger:
             b = base_ckpt.get(name).to(self.device, torch.float32)
             self.base[name] = b
             for i, ck in enumerate(expert_ckpts):
-                self.deltas[i][name] = ck.get(name).to(self.device, torch.float32) - b
+                self.deltas[i][name] = ck.get(name).to(self.device, torch.float32).sub_(b)
         self.cache_ranks = cache_ranks
         self._ranks: dict[tuple[str, int], torch.Tensor] = {}
 
@@ -86,8 +100,7 @@ class ResidentMerger:
             key = (name, index)
             r = self._ranks.get(key)
             if r is None:
-                r = stable_ranks(delta, True).to(torch.int16)
-                self._ranks[key] = r
+                r = self._ranks[key] = row_ranks_int16(delta)
             return r
 
         return ranks

@@ -57,3 +57,13 @@ def test_resident_equals_one_shot(method, compat, merger, study_zoo, tmp_path):
     merger.restore_base()
     base = load_file(study_zoo["base"] / "model.safetensors")
     assert all(torch.equal(base[n], t) for n, t in merger.targets.items())
+
+
+def test_chunked_row_ranks_equal_whole_tensor_ranks():
+    from methods.masks import stable_ranks
+    from optimizer.resident import row_ranks_int16
+
+    d = torch.randint(-5, 6, (37, 11), generator=torch.Generator().manual_seed(0)).float()
+    got = row_ranks_int16(d, chunk_elements=30)  # 2 rows per block, 19 blocks
+    assert got.dtype == torch.int16
+    assert torch.equal(got.long(), stable_ranks(d, True))

@@ -257,6 +257,27 @@ def test_bad_study_configs_fail_fast(study_zoo, tmp_path, overrides, needle):
     assert time.monotonic() - start < 30
 
 
+# Every example at batch size 1: a trial lasts long enough to be hit mid-way.
+SLOW_OBJECTIVE = {
+    "tasks": [
+        {"task": "demo_kinds", "metric": "acc", "heldout": "demo_kinds_heldout"},
+        {"task": "demo_larger", "metric": "acc", "weight": 2},
+    ],
+    "batch_size": 1,
+}
+
+
+def wait_for_a_running_trial(proc: subprocess.Popen, db: Path) -> None:
+    """Return once two trials are complete and a third is being materialized or scored."""
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, "the study ended before it could be interrupted"
+        if db.exists() and _complete(db) >= 2 and _running_trial(db):
+            return
+        time.sleep(0.005)
+    raise AssertionError("no trial was seen running within 180 s")
+
+
 def _running_trial(db: Path) -> bool:
     try:
         con = sqlite3.connect(db, timeout=1)
@@ -273,17 +294,10 @@ def _running_trial(db: Path) -> bool:
 def test_sigkill_mid_trial_then_resume(study_zoo, tmp_path):
     # 7 seed trials are queued first; the retry queues behind them, so the
     # budget leaves room for it to run
-    path = write_study(tmp_path, study_zoo, n_trials=10)
-    db = tmp_path / "t.db"
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    path = write_study(tmp_path, study_zoo, n_trials=10, objective=SLOW_OBJECTIVE)
     cmd = [sys.executable, "-m", "optimizer.cli", "run", str(path), "--no-export"]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 120
-    # let two trials finish, then kill while a trial is running
-    while time.monotonic() < deadline:
-        if db.exists() and _complete(db) >= 2 and _running_trial(db):
-            break
-        time.sleep(0.02)
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_for_a_running_trial(proc, tmp_path / "t.db")
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     study = open_study(path)
@@ -365,17 +379,14 @@ def test_cmaes_needs_one_method_and_nsga2_gives_a_pareto_front(study_zoo, tmp_pa
 
 
 def test_ctrl_c_keeps_finished_trials_and_retries_the_interrupted_one(study_zoo, tmp_path):
-    path = write_study(tmp_path, study_zoo, n_trials=10)
-    db = tmp_path / "t.db"
+    path = write_study(tmp_path, study_zoo, n_trials=10, objective=SLOW_OBJECTIVE)
     cmd = [sys.executable, "-m", "optimizer.cli", "run", str(path), "--no-export"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if db.exists() and _complete(db) >= 2 and _running_trial(db):
-            break
-        time.sleep(0.02)
+    log = (tmp_path / "out.log").open("w+")
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, text=True)
+    wait_for_a_running_trial(proc, tmp_path / "t.db")
     proc.send_signal(signal.SIGINT)
-    out, _ = proc.communicate(timeout=120)
+    proc.wait(timeout=120)
+    out = (tmp_path / "out.log").read_text()
     assert proc.returncode == 130, out
     assert "run the same command to continue" in out
     study = open_study(path)
