@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
@@ -117,7 +117,6 @@ class MethodSpec:
     random: bool = False
     check: CrossCheck | None = None
     seed_points: tuple[Mapping[str, Any], ...] = ()
-    aliases: Mapping[str, str] = field(default_factory=dict)
 
     def param(self, name: str) -> ParamSpec:
         for p in self.params:

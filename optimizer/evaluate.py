@@ -30,6 +30,23 @@ class TaskObjective:
     heldout: dict[str, Any] | None = None
 
 
+def _quiet_hflm() -> type:
+    """HFLM without per-call progress bars (lm-eval enables them explicitly)."""
+    from lm_eval.models.huggingface import HFLM
+
+    class QuietHFLM(HFLM):
+        def loglikelihood(self, requests, disable_tqdm: bool = False):
+            return super().loglikelihood(requests, disable_tqdm=True)
+
+        def loglikelihood_rolling(self, requests, disable_tqdm: bool = False):
+            return super().loglikelihood_rolling(requests, disable_tqdm=True)
+
+        def generate_until(self, requests, disable_tqdm: bool = False):
+            return super().generate_until(requests, disable_tqdm=True)
+
+    return QuietHFLM
+
+
 def _quiet() -> None:
     for name in ("lm_eval", "lm-eval", "transformers", "datasets"):
         logging.getLogger(name).setLevel(logging.ERROR)
@@ -72,9 +89,7 @@ class Evaluator:
         self.lm: Any = None
 
     def attach(self, model: Any, tokenizer: Any, batch_size: int = 16) -> Evaluator:
-        from lm_eval.models.huggingface import HFLM
-
-        self.lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
+        self.lm = _quiet_hflm()(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
         return self
 
     def score(self, heldout: bool = False) -> dict[str, float]:

@@ -50,6 +50,16 @@ class ModelRef:
     parameters: Mapping[str, Any] = field(default_factory=dict)
 
 
+def read_yaml(path: Path, what: str) -> Any:
+    """A YAML file's content, or a ConfigError naming the file."""
+    if not path.is_file():
+        raise ConfigError(f"{what} not found: {path}")
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path} is not valid YAML: {e}") from None
+
+
 def resolve_model_path(text: str, config_dir: Path | None) -> Path:
     """As given (relative to the current directory), else beside the config file."""
     p = Path(text).expanduser()
@@ -128,13 +138,7 @@ class MergeConfig:
     @classmethod
     def from_yaml(cls, path: str | Path) -> MergeConfig:
         path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
-        try:
-            raw = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path} is not valid YAML: {e}") from None
-        return cls.from_dict(raw, path)
+        return cls.from_dict(read_yaml(path, "config file"), path)
 
     @classmethod
     def from_dict(cls, raw: Any, source: Path | None = None) -> MergeConfig:

@@ -49,10 +49,11 @@ def objectives_for(cfg: StudyConfig) -> list[TaskObjective]:
     index = index_tasks([BUILTIN_TASKS, *cfg.include_paths])
     out = []
     for t in cfg.tasks:
-        held = task_config(resolve_task(t.heldout, index)) if t.heldout else None
+        folder = cfg.source.parent
+        held = task_config(resolve_task(t.heldout, index, folder)) if t.heldout else None
         out.append(
             TaskObjective(
-                t.task, task_config(resolve_task(t.task, index)), t.metric, t.weight, held
+                t.task, task_config(resolve_task(t.task, index, folder)), t.metric, t.weight, held
             )
         )
     return out
@@ -331,8 +332,11 @@ class Study:
         self.recover_dead_trials()
         ran = failed = 0
         summary = RunSummary(0, 0, 0)
-        previous = signal.getsignal(signal.SIGTERM)
-        signal.signal(signal.SIGTERM, _raise_interrupt)
+        # Ctrl-C and SIGTERM both stop cleanly; SIGINT is set explicitly because a
+        # process started in the background inherits it ignored.
+        previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+        for s in previous:
+            signal.signal(s, _raise_interrupt)
         try:
             while True:
                 self.recover_dead_trials()
@@ -364,7 +368,8 @@ class Study:
             summary.interrupted = True
             self._retry_interrupted()
         finally:
-            signal.signal(signal.SIGTERM, previous)
+            for s, handler in previous.items():
+                signal.signal(s, handler)
         summary.completed = self.counts()[TrialState.COMPLETE]
         summary.ran_this_run, summary.failed_this_run = ran, failed
         summary.best = self.best_trials()

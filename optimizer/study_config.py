@@ -11,11 +11,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from methods import COMPAT_MODES
 from optimizer.errors import ConfigError, suggest
-from optimizer.merge_config import resolve_model_path
+from optimizer.merge_config import read_yaml, resolve_model_path
 from optimizer.output_folder import DTYPE_NAMES
 
 TOP_KEYS = (
@@ -93,13 +91,7 @@ class StudyConfig:
     @classmethod
     def from_yaml(cls, path: str | Path, storage: str | None = None) -> StudyConfig:
         path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"study file not found: {path}")
-        try:
-            raw = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path} is not valid YAML: {e}") from None
-        return cls.from_dict(raw, path, storage)
+        return cls.from_dict(read_yaml(path, "study file"), path, storage)
 
     @classmethod
     def from_dict(cls, raw: Any, source: Path, storage: str | None = None) -> StudyConfig:

@@ -84,10 +84,13 @@ def task_config(path: Path) -> dict[str, Any]:
     return cfg
 
 
-def resolve_task(spec: str, index: dict[str, Path]) -> Path:
-    """A task given by name (looked up in the index) or as a path to its YAML."""
+def resolve_task(spec: str, index: dict[str, Path], folder: Path | None = None) -> Path:
+    """A task given by name (looked up in the index) or as a path to its YAML
+    (relative paths are taken from ``folder``, the study file's, when given)."""
     if spec.endswith((".yaml", ".yml")):
-        path = Path(spec)
+        path = Path(spec).expanduser()
+        if not path.is_absolute() and folder is not None:
+            path = folder / path
         if not path.is_file():
             raise ConfigError(f"task file not found: {spec}")
         return path

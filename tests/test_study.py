@@ -406,3 +406,19 @@ def test_journal_file_storage(study_zoo, tmp_path):
     assert open_study(path).run().completed == 2
     assert open_study(path).run(n_trials=3).completed == 3
     assert (tmp_path / "j.log").stat().st_size > 0
+
+
+def test_task_given_as_a_yaml_path_beside_the_study(study_zoo, tmp_path):
+    import shutil
+
+    src = Path(__file__).resolve().parents[1] / "eval_tasks" / "demo"
+    mine = tmp_path / "mytasks"
+    mine.mkdir()
+    shutil.copy(src / "kinds_search.jsonl", mine)
+    (mine / "k.yaml").write_text(
+        (src / "demo_kinds.yaml").read_text().replace("demo_kinds", "my_kinds")
+    )
+    objective = {"tasks": [{"task": "mytasks/k.yaml", "metric": "acc"}], "limit": 4}
+    study = open_study(write_study(tmp_path, study_zoo, n_trials=1, objective=objective))
+    assert study.run().completed == 1
+    assert set(study.best_trials(1)[0].user_attrs["scores"]) == {"mytasks/k.yaml"}
