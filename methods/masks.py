@@ -85,16 +85,22 @@ def band_mask(
         below = mag < lo
         at = mag == lo
         room = drop_low - below.sum(-1, keepdim=True)
-        # Among entries equal to the threshold, the earliest rank lowest.
-        keep &= ~(below | (at & (at.cumsum(-1) <= room)))
+        if bool((at.sum(-1, keepdim=True) <= room).all()):
+            keep &= ~(below | at)  # no tie straddles the threshold: skip the cumsum
+        else:
+            # Among entries equal to the threshold, the earliest rank lowest.
+            keep &= ~(below | (at & (at.cumsum(-1) <= room)))
     if drop_high > 0:
         hi = mag.kthvalue(n - drop_high + 1, dim=-1, keepdim=True).values
         above = mag > hi
         at = mag == hi
         room = drop_high - above.sum(-1, keepdim=True)
-        # Among entries equal to the threshold, the latest rank highest.
-        from_end = at.flip(-1).cumsum(-1).flip(-1)
-        keep &= ~(above | (at & (from_end <= room)))
+        if bool((at.sum(-1, keepdim=True) <= room).all()):
+            keep &= ~(above | at)
+        else:
+            # Among entries equal to the threshold, the latest rank highest.
+            from_end = at.flip(-1).cumsum(-1).flip(-1)
+            keep &= ~(above | (at & (from_end <= room)))
     return keep.reshape(delta.shape)
 
 
