@@ -329,7 +329,6 @@ class Study:
         timeout = timeout or self.cfg.timeout
         deadline = time.monotonic() + timeout if timeout else None
         self.enqueue_seeds_once()
-        self.recover_dead_trials()
         ran = failed = 0
         summary = RunSummary(0, 0, 0)
         # Ctrl-C and SIGTERM both stop cleanly; SIGINT is set explicitly because a
