@@ -155,7 +155,8 @@ class Checkpoint:
                     f"{self.path} holds only pickle checkpoints ({pickles[0].name}). "
                     "Unpickling can run arbitrary code, so mergeopt refuses it; convert "
                     "the model to safetensors (save_pretrained(safe_serialization=True)) "
-                    "or pass --allow-pickle if you trust the file."
+                    "or, if you trust the file, pass --allow-pickle (mergeopt merge) or set "
+                    "allow_pickle: true (study file)."
                 )
             return self._index_pickles(pickles)
         raise ModelError(

@@ -118,6 +118,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--no-export", action="store_true", help="do not export the best merge at the end"
     )
+    run.add_argument(
+        "--verbose",
+        action="store_true",
+        help="log each trial's phases (claimed, materialize, evaluate, record) to stderr",
+    )
 
     study_parser(
         "status",
@@ -169,14 +174,23 @@ def _open_study(args: argparse.Namespace):
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    import logging
+
     from optuna.trial import TrialState
 
     from optimizer.console import TrialReporter, console, status_tables
     from optimizer.storage import mask_url
 
+    if getattr(args, "verbose", False):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s mergeopt[%(process)d]: %(message)s"))
+        logging.getLogger("mergeopt").addHandler(handler)
+        logging.getLogger("mergeopt").setLevel(logging.DEBUG)
     study = _open_study(args)
     cfg = study.cfg
     budget = args.n_trials or cfg.n_trials
+    if not args.no_export:
+        study.check_export_target()
     console.print(
         f"study [bold]{cfg.name}[/bold] in {mask_url(cfg.storage)}: "
         f"{study.counts()[TrialState.COMPLETE]}/{budget} trials completed; "
@@ -188,13 +202,22 @@ def cmd_run(args: argparse.Namespace) -> int:
             f"stopped: {summary.completed} completed trials are stored; run the same command to continue"
         )
         return 130
+    if summary.timed_out:
+        console.print(
+            f"timeout reached: {summary.completed}/{budget} trials completed; "
+            "run the same command to continue"
+        )
+    if not summary.finisher and summary.completed >= budget:
+        console.print(
+            "budget reached; the worker that completed the last trial scores the held-out "
+            "split and exports"
+        )
+        return 0
     if summary.best:
         study.score_heldout(summary.best[:3] + [t for _, t in study.reference_trials()])
     for table in status_tables(study):
         console.print(table)
-    if summary.timed_out:
-        console.print(f"timeout reached with {summary.completed}/{budget} trials completed")
-    elif summary.completed >= budget and summary.best and not args.no_export:
+    if summary.completed >= budget and summary.best and not args.no_export:
         from optimizer.export import export_trial
 
         result = export_trial(study, cfg.export, force=True)
@@ -249,6 +272,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             n_trials=args.n_trials,
             timeout=None,
             no_export=False,
+            verbose=False,
         )
     )
 

@@ -81,8 +81,11 @@ def export_trial(
 
         from optimizer.evaluate import Evaluator
 
-        model = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
-        tok = AutoTokenizer.from_pretrained(out)
+        trust = study.cfg.trust_remote_code
+        model = AutoModelForCausalLM.from_pretrained(
+            out, dtype=torch.float32, use_safetensors=True, trust_remote_code=trust
+        ).eval()
+        tok = AutoTokenizer.from_pretrained(out, trust_remote_code=trust)
         evaluator = Evaluator(study.objectives, study.cfg.limit, study.cfg.num_fewshot)
         reloaded = evaluator.attach(model, tok, study.cfg.batch_size).score()
         bad = {

@@ -21,6 +21,7 @@ from optimizer.errors import ConfigError, MergeoptError, ModelError
 from optimizer.merge_config import MergeConfig
 from optimizer.model_card import write_model_card
 from optimizer.output_folder import (
+    check_free_space,
     check_output,
     copy_support_files,
     staged_folder,
@@ -75,6 +76,23 @@ def merge_tensor(
             "parameters (weights summing to zero, extreme lambda) and the input models"
         )
     return merged
+
+
+def output_bytes(specs: dict[str, tuple[tuple[int, ...], torch.dtype]]) -> int:
+    """Bytes the written weights take, plus 1 MiB for headers, config and tokenizer."""
+    total = sum(math.prod(shape) * dtype.itemsize for shape, dtype in specs.values())
+    return total + 2**20
+
+
+def output_specs(
+    reference: Checkpoint, out_dtype: torch.dtype | None
+) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+    """Shape and stored dtype of every output tensor (floats cast to ``out_dtype``)."""
+    specs = {}
+    for name, info in reference.tensors.items():
+        dtype = out_dtype if (out_dtype and info.dtype.is_floating_point) else info.dtype
+        specs[name] = (info.shape, dtype)
+    return specs
 
 
 @dataclass
@@ -134,14 +152,12 @@ def run_merge(
     all_params = resolve_all_params(cfg, reference)
 
     out_dtype = cfg.output_dtype
-    specs: dict[str, tuple[tuple[int, ...], torch.dtype]] = {}
-    for name, info in reference.tensors.items():
-        dtype = out_dtype if (out_dtype and info.dtype.is_floating_point) else info.dtype
-        specs[name] = (info.shape, dtype)
+    specs = output_specs(reference, out_dtype)
     float_dtypes = [
         info.dtype for info in reference.tensors.values() if info.dtype.is_floating_point
     ]
     config_dtype = out_dtype or (float_dtypes[0] if float_dtypes else torch.float32)
+    check_free_space(out, output_bytes(specs))
 
     with staged_folder(out, force) as folder:
         writer = ShardedWriter(folder, specs, max_shard_bytes)

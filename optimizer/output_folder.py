@@ -10,6 +10,7 @@ import contextlib
 import json
 import os
 import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -61,8 +62,25 @@ def check_output(out: Path, force: bool) -> None:
         parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise OutputError(f"cannot create the output's parent folder {parent}: {e}") from None
-    if not os.access(parent, os.W_OK):
-        raise OutputError(f"output parent folder {parent} is not writable")
+    try:  # a real write: os.access says yes to root even on read-only or immutable folders
+        with tempfile.TemporaryFile(dir=parent):
+            pass
+    except OSError as e:
+        raise OutputError(
+            f"output parent folder {parent} is not writable ({e.strerror}); fix its "
+            "permissions or choose another output folder"
+        ) from None
+
+
+def check_free_space(out: Path, need_bytes: int) -> None:
+    """Refuse before any work when the output cannot fit on its filesystem."""
+    free = shutil.disk_usage(out.parent).free
+    if free < need_bytes:
+        raise OutputError(
+            f"not enough free space for {out}: it needs about {need_bytes / 1e9:.2f} GB and "
+            f"{out.parent} has {free / 1e9:.2f} GB free; free some space or choose another "
+            "output folder"
+        )
 
 
 @contextlib.contextmanager
@@ -73,6 +91,12 @@ def staged_folder(out: Path, force: bool) -> Iterator[Path]:
     staging.mkdir()
     try:
         yield staging
+    except OSError as e:  # disk full, file too large, permissions changed mid-way
+        shutil.rmtree(staging, ignore_errors=True)
+        raise OutputError(
+            f"writing {out} failed: {e.strerror or e}; nothing was left behind. Free some "
+            "space or choose another output folder, then run the same command again"
+        ) from None
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

@@ -57,17 +57,24 @@ class ResidentMerger:
         experts: Sequence[Path],
         device: str = "auto",
         cache_ranks: bool = True,
+        allow_pickle: bool = False,
+        trust_remote_code: bool = False,
     ) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         self.device = pick_device(device)
-        base_ckpt = Checkpoint(base)
-        expert_ckpts = [Checkpoint(p) for p in experts]
+        base_ckpt = Checkpoint(base, allow_pickle)
+        expert_ckpts = [Checkpoint(p, allow_pickle) for p in experts]
         check_compatible(base_ckpt, expert_ckpts)
         self.num_layers = base_ckpt.num_layers
-        self.model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32).to(self.device)
+        self.model = AutoModelForCausalLM.from_pretrained(
+            base,
+            dtype=torch.float32,
+            use_safetensors=None if allow_pickle else True,
+            trust_remote_code=trust_remote_code,
+        ).to(self.device)
         self.model.eval()
-        self.tokenizer = AutoTokenizer.from_pretrained(base)
+        self.tokenizer = AutoTokenizer.from_pretrained(base, trust_remote_code=trust_remote_code)
         targets = dict(self.model.named_parameters())
         targets.update(dict(self.model.named_buffers()))
         self.names = [n for n, info in base_ckpt.tensors.items() if info.dtype.is_floating_point]
@@ -88,6 +95,36 @@ class ResidentMerger:
                 self.deltas[i][name] = ck.get(name).to(self.device, torch.float32).sub_(b)
         self.cache_ranks = cache_ranks
         self._ranks: dict[tuple[str, int], torch.Tensor] = {}
+
+    @classmethod
+    def in_memory(
+        cls,
+        base: dict[str, torch.Tensor],
+        experts: Sequence[dict[str, torch.Tensor]],
+        num_layers: int,
+        device: str = "cpu",
+        cache_ranks: bool = True,
+    ) -> ResidentMerger:
+        """An engine over tensors already in memory, writing into fresh target tensors.
+
+        For benchmarks and tests that need models of a size no folder holds
+        (random weights); everything after loading is the same code path.
+        """
+        self = cls.__new__(cls)
+        self.device = pick_device(device)
+        self.num_layers = num_layers
+        self.model = self.tokenizer = None
+        self.names = list(base)
+        self.sites = {n: TensorSite.of(n, num_layers) for n in self.names}
+        self.base = {n: t.to(self.device, torch.float32) for n, t in base.items()}
+        self.targets = {n: torch.empty_like(t) for n, t in self.base.items()}
+        self.deltas = [
+            {n: e[n].to(self.device, torch.float32).sub_(self.base[n]) for n in self.names}
+            for e in experts
+        ]
+        self.cache_ranks = cache_ranks
+        self._ranks = {}
+        return self
 
     def _rank_provider(self, name: str):
         if not self.cache_ranks:

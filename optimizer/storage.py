@@ -1,8 +1,7 @@
 """Open a study's storage: an RDB URL (SQLite, PostgreSQL, MySQL) or a journal file.
 
-Heartbeats let any worker fail trials whose worker vanished (another machine,
-pre-emption) and re-enqueue their parameters. Credentials in URLs are masked
-in every message.
+Credentials in URLs are masked in every message: driver errors are reported
+through ``storage_error``, never as raw exceptions.
 """
 
 from __future__ import annotations
@@ -12,7 +11,7 @@ import warnings
 from pathlib import Path
 
 import optuna
-from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.storages import RDBStorage
 
 from optimizer.errors import ConfigError
 
@@ -32,24 +31,44 @@ def mask_text(text: str, url: str) -> str:
     return mask_url(text)
 
 
-def open_storage(url: str, heartbeat_interval: int = 10) -> optuna.storages.BaseStorage:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        retry = RetryHeartbeatStaleTrialCallback(max_retry=3)
+def storage_error(url: str, error: BaseException) -> ConfigError:
+    """A clear, masked message for a driver error (unreachable server, bad credentials)."""
+    reason = mask_text(f"{type(error).__name__}: {error}", url).splitlines()[0]
+    hint = ""
+    if isinstance(error, ModuleNotFoundError) and url.startswith("postgresql"):
+        hint = " Install the PostgreSQL driver: pip install 'mergeopt[postgres]'."
+    return ConfigError(
+        f"cannot open storage {mask_url(url)}: {reason}.{hint} Check the URL, that the "
+        "database server is running and reachable, and the credentials."
+    )
+
+
+def journal_path(url: str) -> Path:
+    return Path(url.split(":", 1)[1].removeprefix("//"))
+
+
+def check_storage_url(url: str) -> None:
+    """Reject a malformed storage before anything connects or creates files."""
+    if url.startswith("journal:"):
+        path = journal_path(url)
+        if not path.parent.is_dir():
+            raise ConfigError(f"journal storage folder not found: {path.parent}")
+        return
+    if "://" not in url:
+        raise ConfigError(
+            f"storage {mask_url(url)!r} is not a database URL; use e.g. "
+            "sqlite:///study.db, postgresql://user:pass@host/db or journal:///path/file.log"
+        )
+
+
+def open_storage(url: str) -> optuna.storages.BaseStorage:
+    check_storage_url(url)
     try:
         if url.startswith("journal:"):
             from optuna.storages import JournalStorage
             from optuna.storages.journal import JournalFileBackend
 
-            path = Path(url.split(":", 1)[1].removeprefix("//"))
-            if not path.parent.is_dir():
-                raise ConfigError(f"journal storage folder not found: {path.parent}")
-            return JournalStorage(JournalFileBackend(str(path)))
-        if "://" not in url:
-            raise ConfigError(
-                f"storage {mask_url(url)!r} is not a database URL; use e.g. "
-                "sqlite:///study.db, postgresql://user:pass@host/db or journal:///path/file.log"
-            )
+            return JournalStorage(JournalFileBackend(str(journal_path(url))))
         engine_kwargs = {}
         if url.startswith("sqlite"):
             engine_kwargs = {"connect_args": {"timeout": 60}}
@@ -57,18 +76,8 @@ def open_storage(url: str, heartbeat_interval: int = 10) -> optuna.storages.Base
             engine_kwargs = {"pool_pre_ping": True, "connect_args": {"connect_timeout": 10}}
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return RDBStorage(
-                url,
-                engine_kwargs=engine_kwargs,
-                heartbeat_interval=heartbeat_interval,
-                grace_period=heartbeat_interval * 3,
-                heartbeat_stale_trial_callback=retry,
-            )
+            return RDBStorage(url, engine_kwargs=engine_kwargs)
     except ConfigError:
         raise
     except Exception as e:  # noqa: BLE001 - any driver error: report it, masked
-        reason = mask_text(f"{type(e).__name__}: {e}", url).splitlines()[0]
-        raise ConfigError(
-            f"cannot open storage {mask_url(url)}: {reason}. Check the URL, that the "
-            "database server is running and reachable, and the credentials."
-        ) from None
+        raise storage_error(url, e) from None

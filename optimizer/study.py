@@ -4,11 +4,19 @@ Data flows one way: the study file is validated, models are loaded once into
 a resident model, and each trial is parameters -> merged tensors written in
 place -> lm-eval scores -> the study's storage. Any process can be killed at
 any moment; running the same command again continues where it stopped.
+
+Any number of workers (processes, GPUs, machines) may run the same study
+file against one storage. The read-decide-write steps (stamping the
+fingerprint, enqueueing seeds, "is there budget left? then start a trial",
+recording a result) happen under the study's lock, so the budget is exact and
+seeds are enqueued once; the trial itself runs unlocked, heartbeating.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import math
 import os
 import signal
 import socket
@@ -25,10 +33,12 @@ from optuna.trial import FrozenTrial, TrialState
 from optimizer.checkpoint import Checkpoint, check_compatible
 from optimizer.errors import ConfigError, MergeoptError
 from optimizer.evaluate import Evaluator, TaskObjective
+from optimizer.heartbeat import TrialHeartbeat, beat, seconds_since_beat
 from optimizer.merge_config import MergeConfig
 from optimizer.search_space import SearchSpace, allowed_methods
 from optimizer.storage import mask_url, open_storage
 from optimizer.study_config import StudyConfig
+from optimizer.study_lock import study_lock
 from optimizer.tasks import BUILTIN_TASKS, index_tasks, resolve_task, task_config
 
 HOST = socket.gethostname()
@@ -36,6 +46,9 @@ SEEDED = "mergeopt:seeded"
 FINGERPRINT = "mergeopt:fingerprint"
 MODEL_FILES = "mergeopt:model_files"
 HELDOUT = "mergeopt:heldout:"
+EXPORTED = "mergeopt:exported"
+
+log = logging.getLogger("mergeopt")
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
@@ -109,6 +122,9 @@ class RunSummary:
     ran_this_run: int
     interrupted: bool = False
     timed_out: bool = False
+    # this worker recorded the trial that completed the budget (or ran none):
+    # it scores held-out splits and exports, the others do not
+    finisher: bool = False
     best: list[FrozenTrial] = field(default_factory=list)
 
 
@@ -120,9 +136,15 @@ class Study:
         self.objectives = objectives_for(cfg)
         # Tasks are built (and metrics checked) before any model is loaded.
         self.evaluator = Evaluator(self.objectives, cfg.limit, cfg.num_fewshot)
-        base = Checkpoint(cfg.base_model)
-        experts = [Checkpoint(p) for p in cfg.models]
+        base = Checkpoint(cfg.base_model, cfg.allow_pickle)
+        experts = [Checkpoint(p, cfg.allow_pickle) for p in cfg.models]
         check_compatible(base, experts)
+        if base.config.get("auto_map") and not cfg.trust_remote_code:
+            raise ConfigError(
+                f"{cfg.base_model} needs its own Python code (auto_map in config.json); "
+                "mergeopt runs no remote code unless the study file sets "
+                "trust_remote_code: true"
+            )
         methods = cfg.methods or allowed_methods(len(cfg.models))
         self.space = SearchSpace(
             methods,
@@ -133,16 +155,20 @@ class Study:
             cfg.search_space,
         )
         self.sampler = make_sampler(cfg, self.space)
-        self.storage = open_storage(cfg.storage, cfg.heartbeat_interval)
+        # concurrent first connections would race to create the tables
+        with study_lock(cfg.storage, "schema").held():
+            self.storage = open_storage(cfg.storage)
         self.directions = ["maximize"] * (len(cfg.tasks) if cfg.multi_objective else 1)
-        self.study = optuna.create_study(
-            study_name=cfg.name,
-            storage=self.storage,
-            sampler=self.sampler,
-            directions=self.directions,
-            load_if_exists=True,
-        )
-        self._check_fingerprint()
+        self.lock = study_lock(cfg.storage, cfg.name)
+        with self.lock.held():
+            self.study = optuna.create_study(
+                study_name=cfg.name,
+                storage=self.storage,
+                sampler=self.sampler,
+                directions=self.directions,
+                load_if_exists=True,
+            )
+            self._check_fingerprint()
         self.merger = None
 
     # -- identity ----------------------------------------------------------------
@@ -187,41 +213,76 @@ class Study:
                 "trials would not be comparable. Restore the files or start a new study."
             )
 
+    def check_export_target(self) -> None:
+        """Fail now, not after hours of search, if the best merge could not be exported."""
+        from optimizer.merge import output_bytes, output_specs
+        from optimizer.output_folder import DTYPE_NAMES, check_free_space, check_output
+
+        out = self.cfg.export
+        check_output(out, force=True)
+        dtype = DTYPE_NAMES.get(self.cfg.dtype) if self.cfg.dtype else None
+        check_free_space(out, output_bytes(output_specs(Checkpoint(self.cfg.base_model), dtype)))
+
     # -- seeds and recovery ------------------------------------------------------
 
     def enqueue_seeds_once(self) -> int:
-        if self.study.user_attrs.get(SEEDED):
-            return 0
-        seeds = self.space.seed_trials()
-        for label, params in seeds:
-            self.study.enqueue_trial(params, user_attrs={"seed": label}, skip_if_exists=True)
-        self.study.set_user_attr(SEEDED, True)
-        return len(seeds)
+        """Seeds go in once per study, however many workers start together.
+
+        Under the lock; a worker killed half-way leaves SEEDED unset and the
+        next one adds only the missing seeds (``skip_if_exists``).
+        """
+        with self.lock.held():
+            if self.study.user_attrs.get(SEEDED):
+                return 0
+            seeds = self.space.seed_trials()
+            for label, params in seeds:
+                self.study.enqueue_trial(params, user_attrs={"seed": label}, skip_if_exists=True)
+            self.study.set_user_attr(SEEDED, True)
+            return len(seeds)
+
+    def _count(self, *states: TrialState) -> int:
+        return self.storage.get_n_trials(self.study._study_id, states)
+
+    def dead_reason(self, t: FrozenTrial, now: float) -> str | None:
+        """Why RUNNING trial ``t`` has no live worker, or None if it may still be alive.
+
+        Called under the lock: a trial is asked for and stamped with its worker
+        while the lock is held, so an unstamped one lost its worker right there.
+        """
+        w = t.user_attrs.get("worker")
+        if w is None:
+            return "its worker died while starting it"
+        if w.get("host") == HOST and w.get("pid") == os.getpid():
+            return None
+        if w.get("host") == HOST and not pid_alive(int(w.get("pid", 0))):
+            return "its worker process died"
+        silent = seconds_since_beat(t, now)
+        if silent is not None and silent > 3 * self.cfg.heartbeat_interval:
+            return f"its worker on {w.get('host')} sent no heartbeat for {silent:.0f} s"
+        return None
 
     def recover_dead_trials(self) -> int:
-        """Fail RUNNING trials whose worker on this host is gone; retry their params."""
+        """Fail RUNNING trials whose worker is gone and queue their parameters again."""
         recovered = 0
-        for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            w = t.user_attrs.get("worker") or {}
-            if (
-                w.get("host") != HOST
-                or w.get("pid") == os.getpid()
-                or pid_alive(int(w.get("pid", 0)))
-            ):
-                continue
-            try:
-                self.storage.set_trial_user_attr(
-                    t._trial_id, "fail_reason", "its worker process died"
-                )
-                if not self.storage.set_trial_state_values(t._trial_id, TrialState.FAIL):
+        now = time.time()
+        with self.lock.held():
+            running = self.storage.get_all_trials(
+                self.study._study_id, deepcopy=False, states=(TrialState.RUNNING,)
+            )
+            for t in running:
+                reason = self.dead_reason(t, now)
+                if reason is None:
                     continue
-            except Exception:  # noqa: BLE001 - another worker got there first
-                continue
-            self.study.enqueue_trial(t.params, user_attrs={"retry_of": t.number})
-            recovered += 1
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            optuna.storages.fail_stale_trials(self.study)
+                try:
+                    self.storage.set_trial_user_attr(t._trial_id, "fail_reason", reason)
+                    if not self.storage.set_trial_state_values(t._trial_id, TrialState.FAIL):
+                        continue
+                except Exception:  # noqa: BLE001 - finished meanwhile by its worker
+                    continue
+                params = t.params or t.system_attrs.get("fixed_params")
+                if params:
+                    self.study.enqueue_trial(params, user_attrs={"retry_of": t.number})
+                recovered += 1
         return recovered
 
     # -- trials ------------------------------------------------------------------
@@ -230,8 +291,14 @@ class Study:
         from optimizer.resident import ResidentMerger
 
         if self.merger is None:
+            cfg = self.cfg
             self.merger = ResidentMerger(
-                self.cfg.base_model, self.cfg.models, self.cfg.device, self.cfg.cache_ranks
+                cfg.base_model,
+                cfg.models,
+                cfg.device,
+                cfg.cache_ranks,
+                allow_pickle=cfg.allow_pickle,
+                trust_remote_code=cfg.trust_remote_code,
             )
             self.evaluator.attach(self.merger.model, self.merger.tokenizer, self.cfg.batch_size)
 
@@ -246,20 +313,10 @@ class Study:
             cfg.dtype,
         )
 
-    def objective(self, trial: optuna.Trial) -> float | list[float]:
-        try:
-            return self._score_trial(trial)
-        except KeyboardInterrupt:
-            # recorded while the trial is still running; Optuna then fails it
-            trial.set_user_attr("fail_reason", "interrupted")
-            raise
-
     def _score_trial(self, trial: optuna.Trial) -> float | list[float]:
         import torch
 
-        trial.set_user_attr("worker", {"host": HOST, "pid": os.getpid()})
         start = time.perf_counter()
-        self.space.suggest(trial)
         cand = self.candidate(trial.params)
         trial.set_user_attr("config", cand)
 
@@ -267,6 +324,7 @@ class Study:
             trial.set_user_attr("fail_reason", why)
             raise CandidateFailed(why)
 
+        log.debug("trial %d materialize", trial.number)
         try:
             materialize = self.merger.materialize(MergeConfig.from_dict(cand))
         except torch.OutOfMemoryError:
@@ -274,6 +332,7 @@ class Study:
         except (MergeoptError, ValueError, RuntimeError) as e:
             fail(f"merge failed: {e}")
         t_eval = time.perf_counter()
+        log.debug("trial %d evaluate", trial.number)
         try:
             scores = self.evaluator.score()
         except torch.OutOfMemoryError:
@@ -319,12 +378,77 @@ class Study:
                 out.append((label, t))
         return out
 
+    def _claim(self, budget: int) -> optuna.Trial | str:
+        """Start a trial if the shared budget allows: "done", "wait" or the new trial.
+
+        Counting and asking happen under the lock, so concurrent workers never
+        start more trials than ``budget`` minus the completed and running ones.
+        The trial is stamped with its worker and its parameters are drawn
+        before the lock is released.
+        """
+        with self.lock.held():
+            self.recover_dead_trials()
+            done = self._count(TrialState.COMPLETE)
+            if done >= budget:
+                return "done"
+            if done + self._count(TrialState.RUNNING) >= budget:
+                return "wait"  # the last trials are running elsewhere
+            trial = self.study.ask()
+            trial.set_user_attr("worker", {"host": HOST, "pid": os.getpid()})
+            beat(self.storage, trial._trial_id)
+            self.space.suggest(trial)
+            log.debug("trial %d claimed", trial.number)
+            return trial
+
+    def _record(
+        self, trial: optuna.Trial, values: float | list[float] | None, budget: int
+    ) -> tuple[FrozenTrial | None, bool]:
+        """Tell the result; True with it if this result completed the budget."""
+        if values is not None and not all(
+            math.isfinite(v) for v in (values if isinstance(values, list) else [values])
+        ):
+            trial.set_user_attr("fail_reason", f"the score is not a finite number: {values}")
+            values = None
+        state = TrialState.COMPLETE if values is not None else TrialState.FAIL
+        log.debug("trial %d record %s", trial.number, state.name)
+        with self.lock.held():
+            try:
+                frozen = self.study.tell(trial, values, state=state)
+                log.debug("trial %d recorded", trial.number)
+            except Exception as e:  # noqa: BLE001 - failed meanwhile as dead by a worker
+                log.warning("trial %d was finished elsewhere, result dropped: %s", trial.number, e)
+                return None, False
+            completed_budget = (
+                frozen.state == TrialState.COMPLETE and self._count(TrialState.COMPLETE) == budget
+            )
+        return frozen, completed_budget
+
+    def _run_trial(self, trial: optuna.Trial) -> float | list[float] | None:
+        """Score one claimed trial; a bad candidate or any error fails only this trial."""
+        with TrialHeartbeat(self.storage, trial._trial_id, self.cfg.heartbeat_interval):
+            try:
+                return self._score_trial(trial)
+            except CandidateFailed:
+                return None
+            except KeyboardInterrupt:
+                trial.set_user_attr("fail_reason", "interrupted")
+                raise
+            except Exception as e:  # noqa: BLE001 - a bug or an odd candidate: keep going
+                log.exception("trial %d failed", trial.number)
+                trial.set_user_attr("fail_reason", f"{type(e).__name__}: {e}")
+                return None
+
     def run(
         self,
         n_trials: int | None = None,
         timeout: float | None = None,
         on_trial: Callable[[FrozenTrial, dict[TrialState, int]], None] | None = None,
     ) -> RunSummary:
+        """Work on the study until its shared budget of completed trials is reached.
+
+        ``timeout`` stops this worker from starting trials after it expires; a
+        trial already running finishes and is recorded (as Optuna does).
+        """
         budget = n_trials or self.cfg.n_trials
         timeout = timeout or self.cfg.timeout
         deadline = time.monotonic() + timeout if timeout else None
@@ -336,55 +460,57 @@ class Study:
         previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
         for s in previous:
             signal.signal(s, _raise_interrupt)
+        trial = None
         try:
             while True:
-                self.recover_dead_trials()
-                counts = self.counts()
-                done, running = counts[TrialState.COMPLETE], counts[TrialState.RUNNING]
-                if done >= budget:
-                    break
                 if deadline is not None and time.monotonic() >= deadline:
                     summary.timed_out = True
                     break
-                if done + running >= budget:
-                    time.sleep(min(2.0, self.cfg.heartbeat_interval))  # others are finishing
-                    continue
+                if self._count(TrialState.COMPLETE) >= budget:
+                    break
                 self.load_models()
-                finished: list[FrozenTrial] = []
-                self.study.optimize(
-                    self.objective,
-                    n_trials=1,
-                    catch=(CandidateFailed,),
-                    gc_after_trial=False,
-                    callbacks=[lambda _study, trial, sink=finished: sink.append(trial)],
-                )
-                last = finished[0]
+                if deadline is not None and time.monotonic() >= deadline:
+                    summary.timed_out = True  # loading the models used it up
+                    break
+                trial = self._claim(budget)
+                if trial == "done":
+                    break
+                if trial == "wait":
+                    time.sleep(min(2.0, self.cfg.heartbeat_interval))
+                    continue
+                values = self._run_trial(trial)
+                frozen, completed_budget = self._record(trial, values, budget)
+                trial = None
                 ran += 1
-                failed += last.state == TrialState.FAIL
+                summary.finisher = completed_budget
+                if frozen is None:
+                    continue
+                failed += frozen.state == TrialState.FAIL
                 if on_trial:
-                    on_trial(last, self.counts())
+                    on_trial(frozen, self.counts())
         except KeyboardInterrupt:
             summary.interrupted = True
-            self._retry_interrupted()
+            if isinstance(trial, optuna.Trial):
+                self._retry_interrupted(trial)
         finally:
             for s, handler in previous.items():
                 signal.signal(s, handler)
-        summary.completed = self.counts()[TrialState.COMPLETE]
+        summary.completed = self._count(TrialState.COMPLETE)
         summary.ran_this_run, summary.failed_this_run = ran, failed
+        summary.finisher = summary.finisher or ran == 0
         summary.best = self.best_trials()
         return summary
 
-    def _retry_interrupted(self) -> None:
-        """A trial cut short by Ctrl-C is failed by Optuna; run its parameters again later."""
-        for t in reversed(self.study.get_trials(deepcopy=False)):
-            w = t.user_attrs.get("worker") or {}
-            if w.get("pid") != os.getpid() or w.get("host") != HOST:
-                continue
-            if t.user_attrs.get("fail_reason") == "interrupted":
-                if t.state == TrialState.RUNNING:
-                    self.storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
-                self.study.enqueue_trial(t.params, user_attrs={"retry_of": t.number})
-            break
+    def _retry_interrupted(self, trial: optuna.Trial) -> None:
+        """A trial cut short by Ctrl-C is failed and its parameters queued again."""
+        with self.lock.held():
+            self.storage.set_trial_user_attr(trial._trial_id, "fail_reason", "interrupted")
+            try:
+                self.study.tell(trial, state=TrialState.FAIL)
+            except Exception:  # noqa: BLE001 - already finished
+                return
+            if trial.params:
+                self.study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
 
     # -- held-out ----------------------------------------------------------------
 

@@ -35,6 +35,8 @@ TOP_KEYS = (
     "export",
     "heartbeat_interval",
     "cache_ranks",
+    "allow_pickle",
+    "trust_remote_code",
 )
 OBJECTIVE_KEYS = (
     "tasks",
@@ -86,6 +88,9 @@ class StudyConfig:
     storage: str
     heartbeat_interval: int
     cache_ranks: bool
+    # unpickling and a model's own Python code can run anything: off unless asked
+    allow_pickle: bool = False
+    trust_remote_code: bool = False
     raw: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -238,6 +243,8 @@ class StudyConfig:
                 raw.get("heartbeat_interval", 10), f"{where}: heartbeat_interval", 1
             ),
             cache_ranks=bool(raw.get("cache_ranks", True)),
+            allow_pickle=raw.get("allow_pickle", False) is True,
+            trust_remote_code=raw.get("trust_remote_code", False) is True,
             raw=dict(raw),
         )
 

@@ -80,6 +80,12 @@ def task_config(path: Path) -> dict[str, Any]:
             raise ConfigError(
                 f"task {cfg.get('task')!r} ({path}): data file(s) not found: {missing}"
             )
+        empty = [f for f in flat if not Path(f).read_bytes().strip()]
+        if empty:
+            raise ConfigError(
+                f"task {cfg.get('task')!r} ({path}) yields no examples: data file(s) "
+                f"{empty} are empty"
+            )
         cfg["dataset_kwargs"] = kwargs
     return cfg
 
@@ -108,7 +114,14 @@ def build_tasks(configs: Sequence[dict[str, Any]], num_fewshot: int | None) -> d
     from lm_eval.tasks import TaskManager
 
     manager = TaskManager(include_defaults=False)
-    loaded = manager.load(list(configs))
+    try:
+        loaded = manager.load(list(configs))
+    except Exception as e:  # noqa: BLE001 - datasets/lm-eval errors, named and explained
+        names = ", ".join(repr(c.get("task")) for c in configs)
+        raise ConfigError(
+            f"lm-eval could not build task(s) {names}: {type(e).__name__}: {e}. Check the "
+            "task YAML (splits, fields, templates) and its data files."
+        ) from None
     for task in loaded["tasks"].values():
         if num_fewshot is not None:
             task.set_config(key="num_fewshot", value=num_fewshot)
