@@ -117,6 +117,9 @@ class MethodSpec:
     random: bool = False
     check: CrossCheck | None = None
     seed_points: tuple[Mapping[str, Any], ...] = ()
+    # every output element depends only on the same element of the inputs, so
+    # engines may run ``fn`` on cache-sized slices (same bytes, less memory traffic)
+    elementwise: bool = False
 
     def param(self, name: str) -> ParamSpec:
         for p in self.params:

@@ -23,7 +23,7 @@ from methods import TensorContext
 from methods.masks import stable_ranks
 from optimizer.checkpoint import Checkpoint, check_compatible
 from optimizer.errors import ModelError
-from optimizer.merge import MergeError, all_finite
+from optimizer.merge import MergeError, apply_method
 from optimizer.merge_config import MergeConfig
 from optimizer.param_forms import TensorSite
 
@@ -155,13 +155,13 @@ class ResidentMerger:
             params = cfg.tensor_params(self.sites[name])
             cfg.check_tensor_params(name, params)
             ctx = TensorContext(name, cfg.compat, cfg.seed, ranks=self._rank_provider(name))
-            try:
-                merged = cfg.method.fn(self.base[name], [d[name] for d in self.deltas], params, ctx)
-            except ValueError as e:
-                raise MergeError(f"tensor {name}: {e}") from None
-            if not all_finite(merged):
-                raise MergeError(f"tensor {name}: {cfg.method.name} produced NaN or inf values")
-            self.targets[name].copy_(merged)
+            target = self.targets[name]
+            out = target if target.dtype == torch.float32 and target.is_contiguous() else None
+            merged = apply_method(
+                cfg.method, self.base[name], [d[name] for d in self.deltas], params, ctx, out
+            )
+            if merged is not target:
+                target.copy_(merged)
         if self.device.type == "cuda":
             torch.cuda.synchronize()
         return time.perf_counter() - start

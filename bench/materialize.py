@@ -1,0 +1,260 @@
+"""Candidate materialization against the memory-bandwidth floor, in one run.
+
+Inside a study a candidate is tensor math on resident tensors: base and task
+vectors are read, the merged model is written. The floor is those bytes over
+the bandwidth of a large tensor operation measured in this same run (an
+in-place add on the CPU, a device-to-device copy on CUDA), so the ratios hold
+on a busy or a different machine. Sections:
+
+  methods   ms per candidate for every method on SmolLM2-135M + 3 synthetic
+            experts (after a warm-up that fills the per-study caches), the floor,
+            the random-draw time (DARE/DELLA), the ratio and the issue's target
+  mergekit  the same merges run by `mergekit-yaml` (reread + rewrite everything)
+  scaling   ms per candidate against model size (135M, ~1B random widened) and
+            number of experts (2, 4, 8), with ms per GB moved
+  memory    peak RSS of a study process against (experts + 2.5) x model size
+  overhead  per-trial time outside materialization and forward passes, demo study
+
+    python bench/materialize.py [--sections methods,mergekit,...] [--device cpu|cuda]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+from common import smollm_zoo, table
+
+from optimizer.merge_config import MergeConfig
+from optimizer.resident import ResidentMerger
+
+METHOD_PARAMS = {
+    "linear": {},
+    "task_arithmetic": {"lambda": 1.0},
+    "ties": {"density": 0.5, "lambda": 1.0},
+    "dare_linear": {"density": 0.8, "lambda": 1.0},
+    "dare_ties": {"density": 0.8, "lambda": 1.0},
+    "breadcrumbs": {"beta": 0.9, "gamma": 0.01, "lambda": 1.0},
+    "breadcrumbs_ties": {"beta": 0.9, "gamma": 0.01, "lambda": 1.0},
+    "della": {"density": 0.7, "epsilon": 0.07, "lambda": 1.1},
+    "della_linear": {"density": 0.7, "epsilon": 0.07, "lambda": 1.1},
+    "model_stock": {},
+}
+# the issue's targets: multiples of the floor (+ the random draws for random masks)
+TARGET = {
+    "linear": 2,
+    "task_arithmetic": 2,
+    "ties": 4,
+    "breadcrumbs": 4,
+    "breadcrumbs_ties": 4,
+    "model_stock": 4,
+    "dare_linear": 2,
+    "dare_ties": 2,
+    "della": 2,
+    "della_linear": 2,
+}
+RANDOM = {"dare_linear", "dare_ties", "della", "della_linear"}
+
+
+def candidate(method: str, n_experts: int, compat: str = "paper") -> MergeConfig:
+    models = [
+        {"model": f"e{i}", "parameters": {"weight": 1.0 / n_experts}} for i in range(n_experts)
+    ]
+    if method == "model_stock":
+        models = [{"model": f"e{i}"} for i in range(n_experts)]
+    cfg = {
+        "merge_method": method,
+        "base_model": "base",
+        "models": models,
+        "parameters": dict(METHOD_PARAMS[method]),
+        "compat": compat,
+        "seed": 1,
+    }
+    return MergeConfig.from_dict(cfg)
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def best_time(fn, repeat: int, device: torch.device) -> float:
+    times = []
+    for _ in range(repeat):
+        sync(device)
+        start = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def bandwidth(device: torch.device, elements: int = 1 << 26) -> tuple[float, str]:
+    """Bytes per second of a large tensor op: in-place add (CPU) or copy (CUDA)."""
+    a = torch.rand(elements, device=device)
+    b = torch.rand(elements, device=device)
+    if device.type == "cuda":
+        t = best_time(lambda: a.copy_(b), 10, device)
+        return 2 * 4 * elements / t, "device-to-device copy"
+    t = best_time(lambda: a.add_(b), 7, device)
+    return 3 * 4 * elements / t, "in-place add"
+
+
+def draw_time(engine: ResidentMerger, n_experts: int) -> float:
+    """Seconds to draw one uniform value per task-vector entry, as DARE/DELLA do."""
+    from methods.masks import uniform_like
+
+    def draw():
+        for name in engine.names:
+            d = engine.deltas[0][name]
+            for i in range(n_experts):
+                uniform_like(d, 1, name, i)
+
+    return best_time(draw, 3, engine.device)
+
+
+def moved_bytes(engine: ResidentMerger) -> int:
+    n = sum(t.numel() for t in engine.base.values())
+    return (len(engine.deltas) + 2) * 4 * n
+
+
+def time_method(engine: ResidentMerger, method: str, repeat: int) -> float:
+    cfg = candidate(method, len(engine.deltas))
+    engine.materialize(cfg)  # warm-up: fills rank caches, first-touch allocations
+    return statistics.median(engine.materialize(cfg) for _ in range(repeat))
+
+
+def section_methods(engine, bw, floor_kind, repeat, methods) -> dict[str, float]:
+    floor = moved_bytes(engine) / bw
+    draws = draw_time(engine, len(engine.deltas))
+    print(
+        f"\nfloor: {moved_bytes(engine) / 1e9:.2f} GB moved / {bw / 1e9:.1f} GB/s "
+        f"({floor_kind}) = {floor * 1e3:.0f} ms; drawing {len(engine.deltas)} x "
+        f"{sum(t.numel() for t in engine.base.values()) / 1e6:.0f}M uniforms: {draws * 1e3:.0f} ms"
+    )
+    rows, times = [], {}
+    for method in methods:
+        t = times[method] = time_method(engine, method, repeat)
+        allowed = TARGET[method] * floor + (draws if method in RANDOM else 0.0)
+        rows.append(
+            [
+                method,
+                f"{t * 1e3:.0f}",
+                f"{t / floor:.2f}",
+                f"{TARGET[method]}x floor" + (" + draws" if method in RANDOM else ""),
+                f"{allowed * 1e3:.0f}",
+                "yes" if t <= allowed else "NO",
+            ]
+        )
+    print(table(["method", "ms", "x floor", "target", "target ms", "met"], rows))
+    return times
+
+
+def random_model(hidden: int, inter: int, layers: int, vocab: int, seed: int) -> dict:
+    gen = torch.Generator().manual_seed(seed)
+    heads_kv = hidden // 64 // 3
+    shapes = {"model.embed_tokens.weight": (vocab, hidden), "model.norm.weight": (hidden,)}
+    for i in range(layers):
+        p = f"model.layers.{i}."
+        shapes.update(
+            {
+                p + "self_attn.q_proj.weight": (hidden, hidden),
+                p + "self_attn.k_proj.weight": (heads_kv * 64, hidden),
+                p + "self_attn.v_proj.weight": (heads_kv * 64, hidden),
+                p + "self_attn.o_proj.weight": (hidden, hidden),
+                p + "mlp.gate_proj.weight": (inter, hidden),
+                p + "mlp.up_proj.weight": (inter, hidden),
+                p + "mlp.down_proj.weight": (hidden, inter),
+                p + "input_layernorm.weight": (hidden,),
+                p + "post_attention_layernorm.weight": (hidden,),
+            }
+        )
+    return {n: torch.randn(s, generator=gen) * 0.02 for n, s in shapes.items()}
+
+
+def random_engine(hidden, inter, layers, n_experts, device, vocab=49152) -> ResidentMerger:
+    base = random_model(hidden, inter, layers, vocab, 0)
+    experts = []
+    for i in range(n_experts):
+        gen = torch.Generator().manual_seed(100 + i)
+        experts.append({n: t + torch.randn(t.shape, generator=gen) * 1e-3 for n, t in base.items()})
+    return ResidentMerger.in_memory(base, experts, layers, str(device))
+
+
+def section_scaling(device, bw, repeat, methods) -> list[list[str]]:
+    # SmolLM2-135M's shape (576/1536/30) and the same architecture widened to ~1B
+    shapes = {"135M": (576, 1536, 30), "1B": (1536, 4096, 30)}
+    cases = [("135M", 2), ("135M", 4), ("135M", 8), ("1B", 2)]
+    rows = []
+    for size, n_experts in cases:
+        engine = random_engine(*shapes[size], n_experts, device)
+        params = sum(t.numel() for t in engine.base.values())
+        gb = moved_bytes(engine) / 1e9
+        for method in methods:
+            t = time_method(engine, method, repeat)
+            rows.append(
+                [
+                    f"{size} ({params / 1e6:.0f}M)",
+                    str(n_experts),
+                    method,
+                    f"{gb:.2f}",
+                    f"{t * 1e3:.0f}",
+                    f"{t / gb * 1e3:.0f}",
+                    f"{t / (moved_bytes(engine) / bw):.2f}",
+                ]
+            )
+        del engine
+    print(table(["model", "experts", "method", "GB moved", "ms", "ms/GB", "x floor"], rows))
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sections", default="methods,mergekit,scaling,memory,overhead")
+    ap.add_argument("--methods", default=",".join(METHOD_PARAMS))
+    ap.add_argument("--scaling-methods", default="task_arithmetic,ties,della")
+    ap.add_argument(
+        "--mergekit-methods", default="linear,task_arithmetic,ties,breadcrumbs,della,model_stock"
+    )
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--experts", type=int, default=3)
+    ap.add_argument("--repeat", type=int, default=3)
+    args = ap.parse_args()
+    sections = args.sections.split(",")
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+    print(
+        f"device: {torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu'}, "
+        f"{torch.get_num_threads()} threads, torch {torch.__version__}"
+    )
+    bw, floor_kind = bandwidth(device)
+    methods = args.methods.split(",")
+    times: dict[str, float] = {}
+    if "methods" in sections:
+        base, experts = smollm_zoo(args.experts)
+        engine = ResidentMerger(base, experts, str(device))
+        times = section_methods(engine, bw, floor_kind, args.repeat, methods)
+        del engine
+    if "mergekit" in sections and times:
+        from sections import mergekit_speedup
+
+        mergekit_speedup(args.experts, times, args.mergekit_methods.split(","))
+    if "scaling" in sections:
+        section_scaling(device, bw, args.repeat, args.scaling_methods.split(","))
+    if "memory" in sections:
+        from sections import study_memory
+
+        study_memory(args.experts)
+    if "overhead" in sections:
+        from sections import trial_overhead
+
+        trial_overhead()
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    main()

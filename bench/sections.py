@@ -1,0 +1,167 @@
+"""The slower sections of bench/materialize.py: mergekit runs, study memory, trial overhead."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+from common import run_child, smollm_zoo, table
+from merge_vs_mergekit import PARAMS as MERGEKIT_PARAMS  # noqa: I001 - bench-local module
+
+
+def mergekit_speedup(n_experts: int, ours: dict[str, float], methods: list[str]) -> None:
+    """`mergekit-yaml` wall time for the same merge against our time per candidate."""
+    bindir = Path(sys.executable).parent
+    mergekit = shutil.which("mergekit-yaml", path=str(bindir)) or shutil.which("mergekit-yaml")
+    if mergekit is None:
+        print("\nmergekit: skipped (pip install 'mergeopt[mergekit]')")
+        return
+    base, experts = smollm_zoo(n_experts)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for method in methods:
+            if method not in ours:
+                continue
+            cfg = {
+                "merge_method": method,
+                "base_model": str(base),
+                "models": [
+                    {"model": str(e), "parameters": {"weight": 1.0 / n_experts}} for e in experts
+                ],
+                "dtype": "float32",
+                "parameters": dict(MERGEKIT_PARAMS.get(method, {"lambda": 1.0})),
+            }
+            if method == "model_stock":
+                cfg["models"] = [{"model": str(e)} for e in experts]
+            if method == "linear":  # a soup of the experts; the base is not an input
+                del cfg["base_model"]
+            if method.startswith("breadcrumbs"):
+                cfg["parameters"] = {"density": 0.9, "gamma": 0.01, "lambda": 1.0}
+            if method.startswith("dare"):
+                cfg["parameters"] = {"density": 0.8, "lambda": 1.0}
+            path = Path(tmp) / f"{method}.yaml"
+            path.write_text(yaml.safe_dump(cfg))
+            wall, _, _ = run_child([mergekit, str(path), str(Path(tmp) / method)])
+            shutil.rmtree(Path(tmp) / method, ignore_errors=True)
+            rows.append(
+                [method, f"{ours[method] * 1e3:.0f}", f"{wall:.1f}", f"{wall / ours[method]:.0f}x"]
+            )
+    print(f"\nmergekit-yaml, same merge, {n_experts} experts (one run each):")
+    print(table(["method", "mergeopt ms/candidate", "mergekit s", "speed-up"], rows))
+
+
+STUDY_METHODS = ["della", "breadcrumbs", "ties", "model_stock"]
+
+
+def study_memory(n_experts: int) -> None:
+    """Peak RSS of `mergeopt run` on SmolLM2 + experts, against (experts + 2.5) x model."""
+    base, experts = smollm_zoo(n_experts)
+    model_bytes = (base / "model.safetensors").stat().st_size
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        runtime_probe = Path(tmp) / "probe.py"
+        runtime_probe.write_text(
+            "import torch, transformers, lm_eval, optuna\n"
+            "from optimizer.evaluate import Evaluator\n"
+            "from optimizer.study import objectives_for\n"
+            "from optimizer.study_config import StudyConfig\n"
+            "import sys\n"
+            "cfg = StudyConfig.from_yaml(sys.argv[1])\n"
+            "Evaluator(objectives_for(cfg), cfg.limit, cfg.num_fewshot)\n"
+        )
+        for cache in (True, False):
+            study = {
+                "study": f"mem-{cache}",
+                "storage": f"sqlite:///{tmp}/mem-{cache}.db",
+                "base_model": str(base),
+                "models": [str(e) for e in experts],
+                "methods": STUDY_METHODS,
+                "objective": {"tasks": [{"task": "demo_kinds"}], "limit": 8, "batch_size": 8},
+                "n_trials": len(STUDY_METHODS),
+                "cache_ranks": cache,
+                "device": "cpu",
+            }
+            path = Path(tmp) / f"mem-{cache}.yaml"
+            path.write_text(yaml.safe_dump(study))
+            if cache:
+                _, runtime, _ = run_child([sys.executable, str(runtime_probe), str(path)])
+            bindir = Path(sys.executable).parent
+            wall, rss, _ = run_child([str(bindir / "mergeopt"), "run", str(path), "--no-export"])
+            target = (n_experts + 2.5) * model_bytes
+            rows.append(
+                [
+                    f"cache_ranks: {str(cache).lower()}",
+                    f"{rss / 1e9:.2f}",
+                    f"{rss / model_bytes:.2f}",
+                    f"{(rss - runtime) / model_bytes:.2f}",
+                    f"{target / 1e9:.2f}",
+                    "yes" if rss <= target else "NO",
+                ]
+            )
+    print(
+        f"\nstudy peak RSS, SmolLM2-135M ({model_bytes / 1e9:.2f} GB) + {n_experts} experts, "
+        f"trials {', '.join(STUDY_METHODS)}; runtime alone (torch, transformers, lm-eval, "
+        f"tasks built): {runtime / 1e9:.2f} GB"
+    )
+    print(
+        table(
+            ["run", "peak GB", "x model", "x model w/o runtime", "target GB", "met"],
+            rows,
+        )
+    )
+
+
+def trial_overhead(n_trials: int = 6) -> None:
+    """Share of a demo trial's wall time outside materialization and forward passes."""
+    import torch
+
+    from optimizer.demo import DEMO_STUDY, build_zoo
+    from optimizer.study import Study
+    from optimizer.study_config import StudyConfig
+
+    build_zoo()
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = StudyConfig.from_yaml(DEMO_STUDY, storage=f"sqlite:///{tmp}/overhead.db")
+        study = Study(cfg)
+        study.load_models()
+        model = study.merger.model
+        spent = {"forward": 0.0}
+        inner = model.forward
+
+        def timed_forward(*a, **k):
+            start = time.perf_counter()
+            out = inner(*a, **k)
+            spent["forward"] += time.perf_counter() - start
+            return out
+
+        model.forward = timed_forward
+        start = time.perf_counter()
+        with torch.no_grad():
+            study.run(n_trials)
+        wall = time.perf_counter() - start
+        trials = study.study.get_trials()
+        mat = sum(t.user_attrs["timing"]["materialize"] for t in trials if "timing" in t.user_attrs)
+        ev = sum(t.user_attrs["timing"]["evaluate"] for t in trials if "timing" in t.user_attrs)
+    fwd = spent["forward"]
+    rest = wall - mat - ev
+    rows = [
+        ["materialize", f"{mat / n_trials:.2f}", f"{100 * mat / wall:.1f}%"],
+        ["model forward passes", f"{fwd / n_trials:.2f}", f"{100 * fwd / wall:.1f}%"],
+        [
+            "lm-eval outside forward",
+            f"{(ev - fwd) / n_trials:.2f}",
+            f"{100 * (ev - fwd) / wall:.1f}%",
+        ],
+        ["optuna, storage, logging", f"{rest / n_trials:.3f}", f"{100 * rest / wall:.1f}%"],
+        [
+            "overhead (all but the two first)",
+            f"{(wall - mat - fwd) / n_trials:.2f}",
+            f"{100 * (wall - mat - fwd) / wall:.1f}%",
+        ],
+    ]
+    print(f"\ndemo study, {n_trials} trials, {wall:.1f} s wall ({wall / n_trials:.2f} s/trial):")
+    print(table(["part", "s/trial", "share"], rows))
