@@ -12,8 +12,10 @@ from typing import Any
 
 import torch
 
-from methods.linear import weighted_delta_sum
-from methods.masks import as_rows, band_mask, floor_count
+from methods.fuse import ExpertInput, premasked
+from methods.kernels import Sparsify, magnitude_window, rank_window
+from methods.linear import sum_coefficients, weighted_merge
+from methods.masks import band_mask, floor_count
 from methods.registry import (
     MethodSpec,
     ParamSpec,
@@ -24,7 +26,7 @@ from methods.registry import (
     register,
     weight_param,
 )
-from methods.ties import consensus_merge
+from methods.ties import consensus_merge, tensor_windows, window_input
 
 DEFAULT_BETA = 0.09  # with the default gamma 0.01: mergekit users' density 0.9
 
@@ -50,27 +52,50 @@ def tail_counts(
     return floor_count(b, n), floor_count(gamma, n)
 
 
-def breadcrumbs_mask(
-    delta: torch.Tensor, index: int, p: Mapping[str, Any], ctx: TensorContext
-) -> torch.Tensor:
-    """The masked task vector m_t ⊙ δ_t (per row in paper mode, per tensor in mergekit's)."""
-    if delta.dim() == 0:
-        return delta
-    per_row = ctx.compat != "mergekit"
-    n = as_rows(delta, per_row).shape[-1]
-    beta = p.get("beta")
-    density = p.get("density")
-    low, high = tail_counts(
+def _tails(n: int, index: int, p: Mapping[str, Any], ctx: TensorContext) -> tuple[int, int]:
+    beta, density = p.get("beta"), p.get("density")
+    return tail_counts(
         n,
         None if beta is None else beta[index],
         None if density is None else density[index],
         p["gamma"][index],
         ctx.compat,
     )
-    if low == 0 and high == 0:
-        return delta
-    ranks = ctx.ranks(index, per_row) if ctx.ranks else None
-    return delta * band_mask(delta, low, high, per_row, ranks)
+
+
+def _inputs(
+    deltas: Sequence[torch.Tensor], p: Mapping[str, Any], ctx: TensorContext
+) -> tuple[list[ExpertInput], Sparsify]:
+    """The masked task vectors m_t ⊙ δ_t as kernel inputs.
+
+    paper: per row, by the cached row ranks (an eager band mask without a
+    cache); mergekit: per tensor, by magnitude thresholds.
+    """
+    if deltas[0].dim() == 0:
+        return [premasked(d) for d in deltas], magnitude_window
+    if ctx.compat == "mergekit":
+        n = deltas[0].numel()
+        bands = []
+        for i in range(len(deltas)):
+            low, high = _tails(n, i, p, ctx)
+            bands.append((low, n - high - 1))
+        windows = tensor_windows(deltas, bands, ctx)
+        experts = [window_input(d, w, i) for i, (d, w) in enumerate(zip(deltas, windows))]
+        return experts, magnitude_window
+    n = deltas[0].shape[-1]
+    tails = [_tails(n, i, p, ctx) for i in range(len(deltas))]
+    packed = [ctx.ranks(i, True) if ctx.ranks else None for i in range(len(deltas))]
+    if all(r is not None for r in packed):
+        experts = [
+            ExpertInput(d, (r.words,), (), (low, n - high), index=i)
+            for i, (d, r, (low, high)) in enumerate(zip(deltas, packed, tails))
+        ]
+        return experts, rank_window
+    masked = [
+        premasked(torch.where(band_mask(d, low, high, True), d, 0.0))
+        for d, (low, high) in zip(deltas, tails)
+    ]
+    return masked, magnitude_window
 
 
 def breadcrumbs(
@@ -78,10 +103,11 @@ def breadcrumbs(
     deltas: Sequence[torch.Tensor],
     p: Mapping[str, Any],
     ctx: TensorContext,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    masked = [breadcrumbs_mask(d, i, p, ctx) for i, d in enumerate(deltas)]
-    merged = weighted_delta_sum(masked, p["weight"], p["normalize"])
-    return base + merged.mul_(p["lambda"])
+    experts, sparsify = _inputs(deltas, p, ctx)
+    coeffs = sum_coefficients(p["weight"], float(p["lambda"]), p["normalize"])
+    return weighted_merge(base, experts, coeffs, ctx, out, sparsify=sparsify)
 
 
 def breadcrumbs_ties(
@@ -89,10 +115,10 @@ def breadcrumbs_ties(
     deltas: Sequence[torch.Tensor],
     p: Mapping[str, Any],
     ctx: TensorContext,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    masked = [breadcrumbs_mask(d, i, p, ctx) for i, d in enumerate(deltas)]
-    merged = consensus_merge(masked, p["weight"], ctx.compat, p["normalize"])
-    return base + merged.mul_(p["lambda"])
+    experts, sparsify = _inputs(deltas, p, ctx)
+    return consensus_merge(base, experts, p, ctx, out, sparsify)
 
 
 def check_tails(values: Mapping[str, Any]) -> str | None:

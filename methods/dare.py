@@ -7,8 +7,10 @@ from typing import Any
 
 import torch
 
-from methods.linear import weighted_delta_sum
-from methods.masks import l1_rescaled, uniform_like
+from methods.fuse import ExpertInput, premasked
+from methods.kernels import Sparsify, magnitude_window, random_keep
+from methods.linear import sum_coefficients, weighted_merge
+from methods.masks import draw_key, l1_rescaled, uniform_like
 from methods.registry import (
     MethodSpec,
     TensorContext,
@@ -22,31 +24,32 @@ from methods.registry import (
 from methods.ties import consensus_merge
 
 
-def random_drop(
-    delta: torch.Tensor,
-    density: float,
-    index: int,
-    rescale: bool,
-    ctx: TensorContext,
-) -> torch.Tensor:
-    """Keep each entry with probability ``density`` (seeded per tensor and model).
+def dropped_inputs(
+    deltas: Sequence[torch.Tensor], p: Mapping[str, Any], ctx: TensorContext
+) -> tuple[list[ExpertInput], Sparsify]:
+    """Keep each entry with probability ``density``, drawn per tensor and model.
 
-    paper: survivors are divided by ``density`` (unbiased); mergekit: the masked
-    tensor is scaled to the L1 norm of the original.
+    paper: survivors are divided by ``density`` (unbiased), inside the fused
+    pass; mergekit: the masked tensor is scaled to the L1 norm of the original,
+    which needs the whole mask first, so those tensors are masked eagerly.
     """
-    if delta.dim() == 0 or density >= 1:
-        return delta
-    keep = uniform_like(delta, ctx.seed, ctx.name, index) < density
-    masked = delta * keep
-    if not rescale:
-        return masked
-    if ctx.compat == "mergekit":
-        return l1_rescaled(delta, masked)
-    return masked.div_(density)
-
-
-def _dropped(deltas, p, ctx):
-    return [random_drop(d, p["density"][i], i, p["rescale"], ctx) for i, d in enumerate(deltas)]
+    densities = [float(d) for d in p["density"]]
+    if ctx.compat == "mergekit" and p["rescale"]:
+        experts = []
+        for i, (delta, d) in enumerate(zip(deltas, densities)):
+            if delta.dim() == 0 or d >= 1:
+                experts.append(premasked(delta))
+                continue
+            keep = uniform_like(delta, ctx.seed, ctx.name, i) < d
+            experts.append(premasked(l1_rescaled(delta, torch.where(keep, delta, 0.0))))
+        return experts, magnitude_window
+    experts = []
+    for i, (delta, d) in enumerate(zip(deltas, densities)):
+        q = 1.0 if delta.dim() == 0 else min(d, 1.0)
+        key = draw_key(ctx.seed, ctx.name, i)
+        scale = q if p["rescale"] else 1.0
+        experts.append(ExpertInput(delta, (), (q, scale), key, gain=1.0 / scale, index=i))
+    return experts, random_keep
 
 
 def dare_linear(
@@ -54,9 +57,11 @@ def dare_linear(
     deltas: Sequence[torch.Tensor],
     p: Mapping[str, Any],
     ctx: TensorContext,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    merged = weighted_delta_sum(_dropped(deltas, p, ctx), p["weight"], p["normalize"])
-    return base + merged.mul_(p["lambda"])
+    experts, sparsify = dropped_inputs(deltas, p, ctx)
+    coeffs = sum_coefficients(p["weight"], float(p["lambda"]), p["normalize"])
+    return weighted_merge(base, experts, coeffs, ctx, out, sparsify=sparsify)
 
 
 def dare_ties(
@@ -64,10 +69,10 @@ def dare_ties(
     deltas: Sequence[torch.Tensor],
     p: Mapping[str, Any],
     ctx: TensorContext,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    taus = _dropped(deltas, p, ctx)
-    merged = consensus_merge(taus, p["weight"], ctx.compat, p["normalize"])
-    return base + merged.mul_(p["lambda"])
+    experts, sparsify = dropped_inputs(deltas, p, ctx)
+    return consensus_merge(base, experts, p, ctx, out, sparsify)
 
 
 def _dare_params(normalize: bool, mergekit_normalize: bool | None):

@@ -13,8 +13,18 @@ from typing import Any
 
 import torch
 
-from methods.linear import weighted_delta_sum
-from methods.masks import as_rows, l1_rescaled, stable_ranks, uniform_like
+from methods.fuse import ExpertInput, premasked
+from methods.kernels import Sparsify, magnitude_window, ranked_random_keep
+from methods.linear import sum_coefficients, weighted_merge
+from methods.masks import (
+    PackedRanks,
+    as_rows,
+    draw_key,
+    l1_rescaled,
+    packable,
+    stable_ranks,
+    uniform_like,
+)
 from methods.registry import (
     MethodSpec,
     ParamSpec,
@@ -29,43 +39,57 @@ from methods.registry import (
 from methods.ties import consensus_merge
 
 
-def keep_probabilities(ranks: torch.Tensor, n: int, density: float, epsilon: float) -> torch.Tensor:
-    """q_r = (d - ε) + 2ε · r / (n - 1); a one-entry row keeps with d."""
+def _line(n: int, density: float, epsilon: float) -> tuple[float, float]:
+    """q_r = a + b · r as (a, b)."""
     if n <= 1:
-        return torch.full(ranks.shape, density, dtype=torch.float32, device=ranks.device)
-    step = 2.0 * epsilon / (n - 1)
-    return ranks.to(torch.float32).mul_(step).add_(density - epsilon)
+        return density, 0.0
+    return density - epsilon, 2.0 * epsilon / (n - 1)
 
 
-def magprune(
-    delta: torch.Tensor,
-    density: float,
-    epsilon: float,
-    index: int,
-    rescale: bool,
-    ctx: TensorContext,
-) -> torch.Tensor:
-    if delta.dim() == 0 or (density >= 1 and epsilon == 0):
-        return delta
-    n = as_rows(delta, True).shape[-1]
-    ranks = ctx.ranks(index, True) if ctx.ranks else None
-    if ranks is None:
-        ranks = stable_ranks(delta, True)
-    q = keep_probabilities(ranks, n, density, epsilon)
-    keep = uniform_like(delta, ctx.seed, ctx.name, index) < q
-    masked = delta * keep
-    if not rescale:
-        return masked
-    if ctx.compat == "mergekit":
-        return l1_rescaled(delta, masked)
-    return masked.div_(q)
+def pruned_inputs(
+    deltas: Sequence[torch.Tensor], p: Mapping[str, Any], ctx: TensorContext
+) -> tuple[list[ExpertInput], Sparsify]:
+    """MagPrune: keep with q_r by magnitude rank within each row, drawn per tensor and model.
 
-
-def _pruned(deltas, p, ctx):
-    return [
-        magprune(d, p["density"][i], p["epsilon"][i], i, p["rescale"], ctx)
-        for i, d in enumerate(deltas)
-    ]
+    paper: survivors divided by their own q_r, inside the fused pass, with the
+    row ranks packed (cached per study, or computed here); mergekit: one
+    L1-matching factor per tensor, which needs the whole mask first, so those
+    tensors (and tensors whose ranks cannot be packed) are pruned eagerly.
+    """
+    lines = []
+    for i, delta in enumerate(deltas):
+        d, eps = float(p["density"][i]), float(p["epsilon"][i])
+        whole = delta.dim() == 0 or (d >= 1 and eps == 0)
+        lines.append((1.0, 0.0) if whole else _line(as_rows(delta, True).shape[-1], d, eps))
+    fused = not (ctx.compat == "mergekit" and p["rescale"]) and packable(deltas[0])
+    if fused:
+        experts = []
+        for i, (delta, (a, b)) in enumerate(zip(deltas, lines)):
+            packed = ctx.ranks(i, True) if ctx.ranks else None
+            if packed is None:
+                packed = PackedRanks.of(stable_ranks(delta, True))
+            key = draw_key(ctx.seed, ctx.name, i)
+            rescale = 1.0 if p["rescale"] else 0.0
+            gain = 1.0 / a if p["rescale"] else 1.0  # q >= a = d - epsilon > 0
+            inputs = ExpertInput(delta, (packed.words,), (a, b, rescale), key, gain, index=i)
+            experts.append(inputs)
+        return experts, ranked_random_keep
+    experts = []
+    for i, (delta, (a, b)) in enumerate(zip(deltas, lines)):
+        if (a, b) == (1.0, 0.0):
+            experts.append(premasked(delta))
+            continue
+        packed = ctx.ranks(i, True) if ctx.ranks else None
+        ranks = packed.ranks() if packed is not None else stable_ranks(delta, True)
+        q = a + ranks.to(torch.float32) * b
+        masked = torch.where(uniform_like(delta, ctx.seed, ctx.name, i) < q, delta, 0.0)
+        if not p["rescale"]:
+            experts.append(premasked(masked))
+        elif ctx.compat == "mergekit":
+            experts.append(premasked(l1_rescaled(delta, masked)))
+        else:
+            experts.append(premasked(masked / q))
+    return experts, magnitude_window
 
 
 def della(
@@ -73,9 +97,10 @@ def della(
     deltas: Sequence[torch.Tensor],
     p: Mapping[str, Any],
     ctx: TensorContext,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    merged = consensus_merge(_pruned(deltas, p, ctx), p["weight"], ctx.compat, p["normalize"])
-    return base + merged.mul_(p["lambda"])
+    experts, sparsify = pruned_inputs(deltas, p, ctx)
+    return consensus_merge(base, experts, p, ctx, out, sparsify)
 
 
 def della_linear(
@@ -83,9 +108,11 @@ def della_linear(
     deltas: Sequence[torch.Tensor],
     p: Mapping[str, Any],
     ctx: TensorContext,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    merged = weighted_delta_sum(_pruned(deltas, p, ctx), p["weight"], p["normalize"])
-    return base + merged.mul_(p["lambda"])
+    experts, sparsify = pruned_inputs(deltas, p, ctx)
+    coeffs = sum_coefficients(p["weight"], float(p["lambda"]), p["normalize"])
+    return weighted_merge(base, experts, coeffs, ctx, out, sparsify=sparsify)
 
 
 def check_window(values: Mapping[str, Any]) -> str | None:

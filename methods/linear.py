@@ -7,6 +7,8 @@ from typing import Any
 
 import torch
 
+from methods.fuse import ExpertInput, fuse
+from methods.kernels import keep_all, weighted_sum
 from methods.registry import (
     MethodSpec,
     TensorContext,
@@ -17,50 +19,35 @@ from methods.registry import (
 )
 
 
-def weighted_delta_sum(
-    deltas: Sequence[torch.Tensor],
-    weights: Sequence[float],
-    normalize: bool,
-    extra_weight: float = 0.0,
-) -> torch.Tensor:
-    """Σ w_t δ_t, divided by Σ w_t (+ ``extra_weight``) when ``normalize``.
+def sum_coefficients(
+    weights: Sequence[float], scale: float, normalize: bool, extra_weight: float = 0.0
+) -> list[float]:
+    """scale · w_t, divided by Σ w_t (+ ``extra_weight``) when ``normalize``.
 
     A weight sum within 1e-8 of zero is treated as 1, as mergekit does, so
     opposite weights cannot blow the result up.
     """
-    out = torch.zeros_like(deltas[0])
-    for delta, w in zip(deltas, weights):
-        if w != 0:
-            out.add_(delta, alpha=float(w))
-    if normalize:
-        total = float(sum(weights)) + extra_weight
-        if abs(total) >= 1e-8:
-            out.div_(total)
-    return out
+    total = float(sum(weights)) + extra_weight
+    if normalize and abs(total) >= 1e-8:
+        scale = scale / total
+    return [scale * float(w) for w in weights]
 
 
-def scaled_base_plus(
+def weighted_merge(
     base: torch.Tensor,
-    deltas: Sequence[torch.Tensor],
+    taus: Sequence[torch.Tensor | ExpertInput],
     coeffs: Sequence[float],
+    ctx: TensorContext,
+    out: torch.Tensor | None = None,
     base_scale: float = 1.0,
+    sparsify=keep_all,
 ) -> torch.Tensor:
-    """``base_scale`` b + Σ c_t δ_t, accumulated left to right in one fresh tensor.
-
-    One fused add per task vector and no other temporaries: these methods run
-    near the memory-bandwidth floor.
-    """
-    start = base if base_scale == 1.0 else base * base_scale
-    out = None
-    for delta, c in zip(deltas, coeffs):
-        if c == 0:
-            continue
-        out = (
-            torch.add(start, delta, alpha=float(c))
-            if out is None
-            else out.add_(delta, alpha=float(c))
-        )
-    return start.clone() if out is None else out
+    """``base_scale`` b + Σ c_t τ_t in one pass (τ_t sparsified by ``sparsify``)."""
+    experts = [
+        t if isinstance(t, ExpertInput) else ExpertInput(t, index=i) for i, t in enumerate(taus)
+    ]
+    rows = [[c] for c in coeffs]
+    return fuse(sparsify, weighted_sum, base, experts, rows, [base_scale], ctx, out)
 
 
 def linear(
@@ -68,13 +55,14 @@ def linear(
     deltas: Sequence[torch.Tensor],
     p: Mapping[str, Any],
     ctx: TensorContext,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Σ w_t x_t / Σ w_t, written as b + Σ w_t δ_t / Σ w_t.
 
     ``base_weight`` is the reference model's own weight when it is one of the
     averaged inputs (0 when it only anchors the task vectors).
     """
-    weights = list(p["weight"])
+    weights = [float(w) for w in p["weight"]]
     base_weight = float(p.get("base_weight", 0.0))
     total = base_weight + sum(weights)
     if p["normalize"]:
@@ -83,8 +71,8 @@ def linear(
                 f"linear merge of {ctx.name!r}: the weights sum to zero, so the "
                 "normalized average is undefined; give at least one positive weight"
             )
-        return scaled_base_plus(base, deltas, [w / total for w in weights])
-    return scaled_base_plus(base, deltas, weights, base_scale=total)
+        return weighted_merge(base, deltas, [w / total for w in weights], ctx, out)
+    return weighted_merge(base, deltas, weights, ctx, out, base_scale=total)
 
 
 def task_arithmetic(
@@ -92,14 +80,10 @@ def task_arithmetic(
     deltas: Sequence[torch.Tensor],
     p: Mapping[str, Any],
     ctx: TensorContext,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    weights = [float(w) for w in p["weight"]]
-    scale = float(p["lambda"])
-    if p["normalize"]:
-        total = sum(weights)
-        if abs(total) >= 1e-8:  # as weighted_delta_sum: a zero sum is taken as 1
-            scale /= total
-    return scaled_base_plus(base, deltas, [scale * w for w in weights])
+    coeffs = sum_coefficients(p["weight"], float(p["lambda"]), p["normalize"])
+    return weighted_merge(base, deltas, coeffs, ctx, out)
 
 
 register(
@@ -111,7 +95,6 @@ register(
         min_experts=1,
         needs_base=False,
         seed_points=({},),
-        elementwise=True,
     )
 )
 
@@ -122,6 +105,5 @@ register(
         params=(weight_param(), lambda_param((0.1, 1.5)), normalize_param(False)),
         summary="b + λ Σ w_t δ_t",
         seed_points=({"lambda": 0.5}, {"lambda": 1.0}),
-        elementwise=True,
     )
 )

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import hashlib
 import math
+from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 # floor(frac * n) in exact arithmetic: 1 - 0.9 - 0.01 is 0.0899999... in binary,
@@ -112,22 +112,70 @@ def derive_seed(seed: int, tensor_name: str, model_index: int) -> int:
     return int.from_bytes(digest, "little") & ((1 << 63) - 1)
 
 
+def draw_key(seed: int, tensor_name: str, model_index: int) -> tuple[int, int]:
+    """The key (two int32 values) of the counter-based draws for this tensor and model."""
+    s = derive_seed(seed, tensor_name, model_index)
+    words = [(s >> shift) & 0xFFFFFFFF for shift in (0, 32)]
+    return tuple(w - (1 << 32) if w >= 1 << 31 else w for w in words)
+
+
 def uniform_like(
     delta: torch.Tensor, seed: int, tensor_name: str, model_index: int
 ) -> torch.Tensor:
-    """Uniform [0, 1) float32 draws from a generator seeded for this tensor and model.
+    """Uniform [0, 1) float32 draws shaped like ``delta``, keyed by (seed, tensor, model).
 
-    On the CPU the draws come from NumPy's PCG64, about twice as fast as torch's
-    CPU generator; on an accelerator from torch's generator on that device.
-    Either way the same (seed, tensor, model) gives the same draws on a device type.
+    Counter-based (methods.kernels.uniform_draws): entry i's draw depends only
+    on i and the key, so the same bits come out on any device, eagerly or
+    inside a compiled kernel, whatever the order tensors are merged in.
     """
-    s = derive_seed(seed, tensor_name, model_index)
-    if delta.device.type == "cpu":
-        rng = np.random.Generator(np.random.PCG64(s))
-        return torch.from_numpy(rng.random(tuple(delta.shape), dtype=np.float32))
-    gen = torch.Generator(device=delta.device)
-    gen.manual_seed(s)
-    return torch.rand(delta.shape, generator=gen, device=delta.device, dtype=torch.float32)
+    from methods.kernels import uniform_draws
+
+    key = torch.tensor(draw_key(seed, tensor_name, model_index), device=delta.device)
+    return uniform_draws(delta.numel(), key, delta.device).reshape(delta.shape)
+
+
+@dataclass(frozen=True)
+class PackedRanks:
+    """Row ranks below 65536 of an even-sized tensor, two per int32 word.
+
+    Word k holds the rank of flat entry k in its low half and of entry
+    k + n/2 in its high half: the memory of int16, and a kernel that views the
+    tensor as (2, n/2) unpacks them with one shift per row. torch.compile
+    vectorizes that; int16 makes it fall back to a scalar loop and uint8 to
+    partial loads, both 2-3x slower.
+    """
+
+    words: torch.Tensor  # int32, shape (1, n/2)
+    shape: torch.Size
+
+    @classmethod
+    def of(cls, ranks: torch.Tensor) -> PackedRanks:
+        n = ranks.numel()
+        if n % 2:
+            raise ValueError("packed ranks need an even number of entries")
+        if n and int(ranks.max()) >= MAX_RANK:
+            raise ValueError(f"packed ranks hold ranks below {MAX_RANK}")
+        flat = ranks.reshape(-1).to(torch.int32)
+        half = n // 2
+        words = flat[:half] | (flat[half:] << 16)  # wraps into the sign bit: unpacked by masks
+        return cls(words.reshape(1, half), ranks.shape)
+
+    def ranks(self) -> torch.Tensor:
+        """The ranks as int32, shaped like the task vector."""
+        w = self.words.reshape(-1)
+        return torch.cat([w & 0xFFFF, (w >> 16) & 0xFFFF]).reshape(self.shape)
+
+    @property
+    def nbytes(self) -> int:
+        return self.words.numel() * 4
+
+
+MAX_RANK = 1 << 16
+
+
+def packable(delta: torch.Tensor) -> bool:
+    """Whether ``delta``'s row ranks fit PackedRanks (even size, rows below 65537)."""
+    return delta.dim() >= 1 and delta.numel() % 2 == 0 and delta.shape[-1] <= MAX_RANK
 
 
 def l1_rescaled(delta: torch.Tensor, masked: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:

@@ -8,6 +8,8 @@ from typing import Any
 
 import torch
 
+from methods.fuse import ExpertInput, fuse
+from methods.kernels import keep_all, mean_scaled
 from methods.registry import MethodSpec, ParamSpec, TensorContext, register
 
 
@@ -50,19 +52,24 @@ def model_stock(
     deltas: Sequence[torch.Tensor],
     p: Mapping[str, Any],
     ctx: TensorContext,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """t · mean(x_t) + (1 - t) · b, computed as b + t · mean(δ_t)."""
-    t = interpolation_ratio(deltas, p["filter_wise"], ctx.compat)
-    mean = torch.zeros_like(base)
-    for d in deltas:
-        mean.add_(d)
-    mean.div_(len(deltas))
+    """t · mean(x_t) + (1 - t) · b, computed as b + t · mean(δ_t).
+
+    t depends only on the task vectors, so a study computes it once per tensor.
+    """
+    filter_wise = bool(p["filter_wise"])
+    t = ctx.remember(
+        ("model_stock", filter_wise), lambda: interpolation_ratio(deltas, filter_wise, ctx.compat)
+    )
     shape = base.shape
-    if p["filter_wise"] and base.dim() >= 1:
-        scaled = mean.reshape(-1, shape[-1]) * t.unsqueeze(-1)
-    else:
-        scaled = mean.reshape(1, -1) * t.unsqueeze(-1)
-    return base + scaled.reshape(shape)
+    rows = (-1, shape[-1]) if filter_wise and base.dim() >= 1 else (1, -1)
+    experts = [ExpertInput(d.reshape(rows), index=i) for i, d in enumerate(deltas)]
+    if out is None:
+        out = torch.empty_like(base)
+    target = out.view(rows)
+    fuse(keep_all, mean_scaled, base.reshape(rows), experts, [], [], ctx, target, c=t.unsqueeze(-1))
+    return out
 
 
 register(

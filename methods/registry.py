@@ -9,7 +9,7 @@ method's parameters next to its registration).
 from __future__ import annotations
 
 import difflib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -78,21 +78,33 @@ class ParamSpec:
 
 @dataclass(frozen=True)
 class TensorContext:
-    """What a method may know about the tensor it merges besides its values."""
+    """What a method may know about the tensor it merges besides its values.
+
+    The optional providers are per-study caches (the optimizer fills them once
+    and keeps them between trials); a method falls back to computing what it
+    needs when one is None or returns None. ``compile`` lets the final
+    elementwise pass run as one fused torch.compile kernel on large CPU tensors.
+    """
 
     name: str
     compat: str = "paper"
     seed: int = 0
-    # Optional per-study cache of stable magnitude ranks: (model index, per_row)
-    # -> int tensor shaped like the delta, or None when it keeps no such ranks.
-    # Methods fall back to computing what they need (thresholds, ranks) then.
-    ranks: Callable[[int, bool], torch.Tensor | None] | None = None
+    # (model index, per_row) -> that task vector's stable magnitude ranks
+    # (methods.masks.PackedRanks) per row, or None where it keeps none
+    ranks: Callable[[int, bool], Any] | None = None
+    # model index -> methods.magnitudes.SortedMagnitudes of that task vector
+    magnitudes: Callable[[int], Any] | None = None
+    # (key, build) -> build() once per study and tensor, then the kept result
+    memo: Callable[[Hashable, Callable[[], Any]], Any] | None = None
+    compile: bool = False
+
+    def remember(self, key: Hashable, build: Callable[[], Any]) -> Any:
+        return build() if self.memo is None else self.memo(key, build)
 
 
-MergeFn = Callable[
-    [torch.Tensor, Sequence[torch.Tensor], Mapping[str, Any], TensorContext],
-    torch.Tensor,
-]
+# fn(base, deltas, params, ctx, out=None): the merged tensor, written into
+# ``out`` when one is given (the resident model's parameter) and returned
+MergeFn = Callable[..., torch.Tensor]
 CrossCheck = Callable[[Mapping[str, Any]], "str | None"]
 
 
@@ -100,10 +112,10 @@ CrossCheck = Callable[[Mapping[str, Any]], "str | None"]
 class MethodSpec:
     """A registered merge method.
 
-    ``fn(base, deltas, params, ctx)`` gets float32 tensors — the reference
-    tensor and one task vector per expert — and per-tensor resolved parameters
-    (per-model ones as lists in expert order) and returns the merged float32
-    tensor. ``min_experts``/``max_experts`` count task vectors; ``check``
+    ``fn(base, deltas, params, ctx, out=None)`` gets float32 tensors — the
+    reference tensor and one task vector per expert — and per-tensor resolved
+    parameters (per-model ones as lists in expert order) and returns the merged
+    float32 tensor, written into ``out`` when given. ``min_experts``/``max_experts`` count task vectors; ``check``
     validates combinations of one model's parameters (``beta + gamma < 1``).
     """
 
@@ -117,9 +129,6 @@ class MethodSpec:
     random: bool = False
     check: CrossCheck | None = None
     seed_points: tuple[Mapping[str, Any], ...] = ()
-    # every output element depends only on the same element of the inputs, so
-    # engines may run ``fn`` on cache-sized slices (same bytes, less memory traffic)
-    elementwise: bool = False
 
     def param(self, name: str) -> ParamSpec:
         for p in self.params:

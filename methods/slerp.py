@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from methods.kernels import ensure_finite
 from methods.registry import MethodSpec, ParamSpec, TensorContext, register
 
 DOT_THRESHOLD = 0.9995
@@ -18,6 +19,7 @@ def slerp(
     deltas: Sequence[torch.Tensor],
     p: Mapping[str, Any],
     ctx: TensorContext,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Interpolate v0 = base and v1 = base + δ along the great circle.
 
@@ -28,18 +30,26 @@ def slerp(
     t = float(p["t"])
     v0 = base
     v1 = base + deltas[0]
+    dot = ctx.remember("slerp_cosine", lambda: _cosine(v0, v1))
+    if abs(dot) > DOT_THRESHOLD:
+        merged = v0 + deltas[0] * t
+    else:
+        omega = math.acos(dot)
+        s = math.sin(omega)
+        merged = v0 * (math.sin((1 - t) * omega) / s) + v1 * (math.sin(t * omega) / s)
+    ensure_finite(merged)
+    return merged if out is None else out.copy_(merged)
+
+
+def _cosine(v0: torch.Tensor, v1: torch.Tensor) -> float:
+    """cos of the angle between the flattened tensors, in float64, clamped to [-1, 1]."""
     a, b = v0.reshape(-1), v1.reshape(-1)
     na = float(torch.linalg.vector_norm(a, dtype=torch.float64))
     nb = float(torch.linalg.vector_norm(b, dtype=torch.float64))
     na = na if na > 1e-8 else 1.0
     nb = nb if nb > 1e-8 else 1.0
     dot = float(torch.dot(a.double(), b.double())) / (na * nb) if a.numel() else 1.0
-    dot = max(-1.0, min(1.0, dot))
-    if abs(dot) > DOT_THRESHOLD:
-        return v0 + deltas[0] * t
-    omega = math.acos(dot)
-    s = math.sin(omega)
-    return v0 * (math.sin((1 - t) * omega) / s) + v1 * (math.sin(t * omega) / s)
+    return max(-1.0, min(1.0, dot))
 
 
 register(

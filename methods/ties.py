@@ -1,7 +1,8 @@
 """TIES: trim each task vector, elect a sign per entry, average the agreeing.
 
 The elect and disjoint-merge steps are shared by every ``*_ties`` method
-(DARE-TIES, Breadcrumbs-TIES, DELLA), which differ only in how they sparsify.
+(DARE-TIES, Breadcrumbs-TIES, DELLA), which differ only in how they sparsify;
+they run as ``methods.kernels.consensus`` inside the fused pass.
 """
 
 from __future__ import annotations
@@ -11,7 +12,10 @@ from typing import Any
 
 import torch
 
-from methods.masks import band_mask, count
+from methods.fuse import ExpertInput, fuse
+from methods.kernels import Sparsify, consensus, magnitude_window
+from methods.magnitudes import Window, keep_ranks
+from methods.masks import count
 from methods.registry import (
     MethodSpec,
     TensorContext,
@@ -23,52 +27,57 @@ from methods.registry import (
 )
 
 
-def consensus_merge(
-    taus: Sequence[torch.Tensor],
-    weights: Sequence[float],
-    compat: str,
-    normalize: bool,
-) -> torch.Tensor:
-    """TIES steps 2-3: elect s = sign(Σ τ) (0 counts as +), merge the agreeing.
+def consensus_rows(
+    weights: Sequence[float], compat: str, lam: float, normalize: bool
+) -> tuple[list[list[float]], list[float]]:
+    """The kernel's scalars for TIES steps 2-3: elect s = sign(Σ τ) (0 counts as +),
+    merge the agreeing.
 
     paper: the vote uses the unweighted τ_t and an entry joins when τ_t ≠ 0
     and its sign is s. mergekit: the vote uses w_t τ_t and an entry joins when
     sign(w_t τ_t) = s. Entries where nobody agrees get 0.
     """
-    votes = torch.zeros_like(taus[0])
-    for tau, w in zip(taus, weights):
+    rows = []
+    for w in map(float, weights):
         if compat == "mergekit":
-            votes.add_(tau, alpha=float(w))
+            rows.append([w, w, float((w > 0) - (w < 0))])
         else:
-            votes.add_(tau)
-    # elected sign as ±1 (a zero vote counts as +), in place of the votes
-    elected = votes.ge_(0).to(taus[0].dtype).mul_(2).sub_(1)
-    num = torch.zeros_like(taus[0])
-    den = torch.zeros_like(taus[0])
-    for tau, w in zip(taus, weights):
-        # sign(x) == s for s = ±1 exactly when x·s > 0 (x = 0 never agrees)
-        side = elected * tau
-        if compat == "mergekit" and w < 0:
-            side.neg_()
-        agree = side.gt_(0)
-        num.addcmul_(tau, agree, value=float(w))
-        den.add_(agree, alpha=float(w))
-    if normalize:
-        den[den == 0] = 1.0
-        num.div_(den)
-    return num
+            rows.append([1.0, w, 1.0])
+    return rows, [float(lam), 1.0 if normalize else 0.0]
 
 
-def magnitude_trim(
-    delta: torch.Tensor, density: float, index: int, ctx: TensorContext
+def consensus_merge(
+    base: torch.Tensor,
+    experts: Sequence[ExpertInput],
+    p: Mapping[str, Any],
+    ctx: TensorContext,
+    out: torch.Tensor | None,
+    sparsify: Sparsify,
 ) -> torch.Tensor:
-    """Keep the k = ⌊d·n⌋ (at least one) largest-magnitude entries of the tensor."""
-    if delta.dim() == 0 or density >= 1:
-        return delta
+    """b + λ · TIES(elect, disjoint merge) of the sparsified task vectors."""
+    rows, g = consensus_rows(p["weight"], ctx.compat, p["lambda"], p["normalize"])
+    return fuse(sparsify, consensus, base, experts, rows, g, ctx, out)
+
+
+def window_input(delta: torch.Tensor, w: Window, index: int) -> ExpertInput:
+    """Task vector ``index`` under a magnitude window, as the magnitude_window kernel's input."""
+    return ExpertInput(delta, (), (w.lo, w.hi), (w.lo_pos, w.hi_pos), index=index)
+
+
+def tensor_windows(
+    deltas: Sequence[torch.Tensor], bands: Sequence[tuple[int, int]], ctx: TensorContext
+) -> list[Window]:
+    """Each task vector's window keeping its whole-tensor stable ranks first..last."""
+    cached = [ctx.magnitudes(i) if ctx.magnitudes else None for i in range(len(deltas))]
+    return keep_ranks(list(deltas), list(bands), cached, ctx.compile)
+
+
+def trim_band(delta: torch.Tensor, density: float, ctx: TensorContext) -> tuple[int, int]:
+    """The ranks of the k = ⌊d·n⌋ (at least one) largest magnitudes of the tensor."""
     n = delta.numel()
-    k = max(1, count(density, n, ctx.compat))
-    ranks = ctx.ranks(index, False) if ctx.ranks else None
-    return delta * band_mask(delta, n - k, 0, per_row=False, ranks=ranks)
+    if delta.dim() == 0 or density >= 1:
+        return 0, n - 1
+    return n - max(1, count(density, n, ctx.compat)), n - 1
 
 
 def ties(
@@ -76,10 +85,12 @@ def ties(
     deltas: Sequence[torch.Tensor],
     p: Mapping[str, Any],
     ctx: TensorContext,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    taus = [magnitude_trim(d, p["density"][i], i, ctx) for i, d in enumerate(deltas)]
-    merged = consensus_merge(taus, p["weight"], ctx.compat, p["normalize"])
-    return base + merged.mul_(p["lambda"])
+    bands = [trim_band(d, p["density"][i], ctx) for i, d in enumerate(deltas)]
+    windows = tensor_windows(deltas, bands, ctx)
+    experts = [window_input(d, w, i) for i, (d, w) in enumerate(zip(deltas, windows))]
+    return consensus_merge(base, experts, p, ctx, out, magnitude_window)
 
 
 register(

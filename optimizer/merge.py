@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from methods import MethodSpec, TensorContext
+from methods.kernels import NotFiniteError
 from optimizer.checkpoint import Checkpoint, check_compatible
 from optimizer.errors import ConfigError, MergeoptError, ModelError
 from optimizer.merge_config import MergeConfig
@@ -38,23 +39,9 @@ class MergeError(MergeoptError):
     """A merge produced an unusable tensor (NaN/inf) or failed mid-way."""
 
 
-def all_finite(t: torch.Tensor) -> bool:
-    """One pass, no temporary: NaN propagates through min/max, inf shows in them."""
-    if t.numel() == 0:
-        return True
-    lo, hi = torch.aminmax(t)
-    return math.isfinite(lo.item()) and math.isfinite(hi.item())
-
-
 def work_dtype(stored: torch.dtype) -> torch.dtype:
     """Merges are computed in float32, or float64 for float64 checkpoints."""
     return torch.float64 if stored == torch.float64 else torch.float32
-
-
-# Elementwise methods run on slices of this many elements: their temporaries
-# stay in the CPU cache, so memory traffic is close to reading the inputs and
-# writing the result once. Both engines slice the same way: same bytes.
-SLICE_ELEMENTS = 1 << 18
 
 
 def apply_method(
@@ -65,30 +52,16 @@ def apply_method(
     ctx: TensorContext,
     out: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """``method.fn`` written into ``out`` (allocated when None); NaN or inf is an error."""
+    """``method.fn`` written into ``out`` (allocated when None); NaN or inf is an error.
+
+    The methods check finiteness inside their fused pass (methods.kernels).
+    """
     try:
-        if method.elementwise and base.is_contiguous() and base.numel() > SLICE_ELEMENTS:
-            if out is None:
-                out = torch.empty_like(base)
-            flat_out, flat_base = out.view(-1), base.view(-1)
-            flat_deltas = [d.view(-1) for d in deltas]
-            for start in range(0, flat_base.numel(), SLICE_ELEMENTS):
-                end = start + SLICE_ELEMENTS
-                part = method.fn(
-                    flat_base[start:end], [d[start:end] for d in flat_deltas], params, ctx
-                )
-                if not all_finite(part):
-                    raise MergeError(_NOT_FINITE.format(ctx.name, method.name))
-                flat_out[start:end].copy_(part)
-            return out
-        merged = method.fn(base, deltas, params, ctx)
+        return method.fn(base, deltas, params, ctx, out=out)
+    except NotFiniteError:
+        raise MergeError(_NOT_FINITE.format(ctx.name, method.name)) from None
     except ValueError as e:
         raise MergeError(f"tensor {ctx.name}: {e}") from None
-    if not all_finite(merged):
-        raise MergeError(_NOT_FINITE.format(ctx.name, method.name))
-    if out is None:
-        return merged
-    return out.copy_(merged)
 
 
 _NOT_FINITE = (

@@ -1,26 +1,30 @@
 """The resident model: every candidate is written into one loaded model in place.
 
 Models are read once. What does not change between trials is kept: the base
-tensors and each expert's task vector in float32 on the compute device, and,
-filled on first use, each row's stable magnitude ranks as int16 (half a model
-per expert), which DELLA and paper-mode Breadcrumbs would otherwise sort for
-every trial. Whole-tensor top-k (TIES) uses kthvalue thresholds instead: a
-per-tensor rank cache would cost a full model per expert. A candidate is then
-tensor math per tensor, copied into the model's parameters: no disk, no
-re-instantiation. Memory: (experts + 2) models, plus 0.5 per expert once ranks
-are cached (``cache_ranks: false`` trades that for a sort per trial).
+tensors and each expert's task vector in float32 on the compute device and,
+filled on first use by the methods that need them, each task vector's row
+ranks (DELLA, paper-mode Breadcrumbs) and its sorted magnitudes (TIES,
+mergekit-mode Breadcrumbs: a trial's thresholds become lookups instead of a
+selection over the tensor), each half a model per expert, plus small per-tensor
+values (Model Stock's ratios, SLERP's angle). A candidate is then one fused
+elementwise pass per tensor written straight into the model's parameters: no
+disk, no re-instantiation, no temporaries. Memory: (experts + 2) models, plus
+0.5 per expert for each of the two caches once used (``cache_ranks: false``
+trades them for a selection or sort per trial).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Hashable, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from methods import TensorContext
-from methods.masks import stable_ranks
+from methods.magnitudes import SortedMagnitudes
+from methods.masks import PackedRanks, packable, stable_ranks
 from optimizer.checkpoint import Checkpoint, check_compatible
 from optimizer.errors import ModelError
 from optimizer.merge import MergeError, apply_method
@@ -28,18 +32,21 @@ from optimizer.merge_config import MergeConfig
 from optimizer.param_forms import TensorSite
 
 
-def row_ranks_int16(delta: torch.Tensor, chunk_elements: int = 1 << 22) -> torch.Tensor:
-    """Per-row stable ranks as int16, computed a block of rows at a time.
+def row_ranks_packed(delta: torch.Tensor, chunk_elements: int = 1 << 22) -> PackedRanks | None:
+    """Per-row stable ranks, packed two per int32, computed a block of rows at a time.
 
-    A whole-tensor argsort would hold int64 orders and ranks (4× the float
-    tensor each) at once; blocks bound that transient to a few MB.
+    A whole-tensor argsort would hold int64 orders and ranks (4x the float
+    tensor each) at once; blocks bound that transient to a few MB. None for
+    tensors whose ranks cannot be packed (odd size, rows over 65536).
     """
+    if not packable(delta):
+        return None
     rows = delta.reshape(-1, delta.shape[-1])
-    out = torch.empty(rows.shape, dtype=torch.int16, device=delta.device)
+    ranks = torch.empty(rows.shape, dtype=torch.int32, device=delta.device)
     step = max(1, chunk_elements // rows.shape[-1])
     for start in range(0, rows.shape[0], step):
-        out[start : start + step] = stable_ranks(rows[start : start + step], True)
-    return out.reshape(delta.shape)
+        ranks[start : start + step] = stable_ranks(rows[start : start + step], True)
+    return PackedRanks.of(ranks.reshape(delta.shape))
 
 
 def pick_device(requested: str = "auto") -> torch.device:
@@ -59,6 +66,7 @@ class ResidentMerger:
         cache_ranks: bool = True,
         allow_pickle: bool = False,
         trust_remote_code: bool = False,
+        compile_kernels: bool = True,
     ) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -93,8 +101,7 @@ class ResidentMerger:
             self.base[name] = b
             for i, ck in enumerate(expert_ckpts):
                 self.deltas[i][name] = ck.get(name).to(self.device, torch.float32).sub_(b)
-        self.cache_ranks = cache_ranks
-        self._ranks: dict[tuple[str, int], torch.Tensor] = {}
+        self._init_caches(cache_ranks, compile_kernels)
 
     @classmethod
     def in_memory(
@@ -104,6 +111,7 @@ class ResidentMerger:
         num_layers: int,
         device: str = "cpu",
         cache_ranks: bool = True,
+        compile_kernels: bool = True,
     ) -> ResidentMerger:
         """An engine over tensors already in memory, writing into fresh target tensors.
 
@@ -122,25 +130,51 @@ class ResidentMerger:
             {n: e[n].to(self.device, torch.float32).sub_(self.base[n]) for n in self.names}
             for e in experts
         ]
-        self.cache_ranks = cache_ranks
-        self._ranks = {}
+        self._init_caches(cache_ranks, compile_kernels)
         return self
 
-    def _rank_provider(self, name: str):
-        if not self.cache_ranks:
-            return None
+    def _init_caches(self, cache_ranks: bool, compile_kernels: bool) -> None:
+        self.cache_ranks = cache_ranks
+        self.compile_kernels = compile_kernels
+        self._ranks: dict[tuple[str, int], PackedRanks | None] = {}
+        self._magnitudes: dict[tuple[str, int], SortedMagnitudes] = {}
+        self._memo: dict[tuple[str, str, Hashable], Any] = {}
 
-        def ranks(index: int, per_row: bool) -> torch.Tensor | None:
-            delta = self.deltas[index][name]
-            if not per_row or delta.dim() == 0 or delta.shape[-1] > 32767:
+    def cache_bytes(self) -> int:
+        """Bytes held by the per-study caches (packed ranks, sorted magnitudes)."""
+        ranks = sum(r.nbytes for r in self._ranks.values() if r is not None)
+        return ranks + sum(m.nbytes for m in self._magnitudes.values())
+
+    def _context(self, name: str, cfg: MergeConfig) -> TensorContext:
+        def ranks(index: int, per_row: bool) -> PackedRanks | None:
+            if not per_row:
                 return None
             key = (name, index)
-            r = self._ranks.get(key)
-            if r is None:
-                r = self._ranks[key] = row_ranks_int16(delta)
-            return r
+            if key not in self._ranks:
+                self._ranks[key] = row_ranks_packed(self.deltas[index][name])
+            return self._ranks[key]
 
-        return ranks
+        def magnitudes(index: int) -> SortedMagnitudes:
+            key = (name, index)
+            if key not in self._magnitudes:
+                self._magnitudes[key] = SortedMagnitudes(self.deltas[index][name])
+            return self._magnitudes[key]
+
+        def memo(key: Hashable, build: Callable[[], Any]) -> Any:
+            full = (name, cfg.compat, key)
+            if full not in self._memo:
+                self._memo[full] = build()
+            return self._memo[full]
+
+        return TensorContext(
+            name,
+            cfg.compat,
+            cfg.seed,
+            ranks=ranks if self.cache_ranks else None,
+            magnitudes=magnitudes if self.cache_ranks else None,
+            memo=memo,
+            compile=self.compile_kernels,
+        )
 
     @torch.no_grad()
     def materialize(self, cfg: MergeConfig) -> float:
@@ -154,7 +188,7 @@ class ResidentMerger:
         for name in self.names:
             params = cfg.tensor_params(self.sites[name])
             cfg.check_tensor_params(name, params)
-            ctx = TensorContext(name, cfg.compat, cfg.seed, ranks=self._rank_provider(name))
+            ctx = self._context(name, cfg)
             target = self.targets[name]
             out = target if target.dtype == torch.float32 and target.is_contiguous() else None
             merged = apply_method(

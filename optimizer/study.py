@@ -299,6 +299,7 @@ class Study:
                 cfg.cache_ranks,
                 allow_pickle=cfg.allow_pickle,
                 trust_remote_code=cfg.trust_remote_code,
+                compile_kernels=cfg.compile_kernels,
             )
             self.evaluator.attach(self.merger.model, self.merger.tokenizer, self.cfg.batch_size)
 

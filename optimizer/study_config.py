@@ -35,6 +35,7 @@ TOP_KEYS = (
     "export",
     "heartbeat_interval",
     "cache_ranks",
+    "compile_kernels",
     "allow_pickle",
     "trust_remote_code",
 )
@@ -88,6 +89,8 @@ class StudyConfig:
     storage: str
     heartbeat_interval: int
     cache_ranks: bool
+    # fuse each candidate's elementwise math with torch.compile on the CPU
+    compile_kernels: bool = True
     # unpickling and a model's own Python code can run anything: off unless asked
     allow_pickle: bool = False
     trust_remote_code: bool = False
@@ -243,6 +246,7 @@ class StudyConfig:
                 raw.get("heartbeat_interval", 10), f"{where}: heartbeat_interval", 1
             ),
             cache_ranks=bool(raw.get("cache_ranks", True)),
+            compile_kernels=bool(raw.get("compile_kernels", True)),
             allow_pickle=raw.get("allow_pickle", False) is True,
             trust_remote_code=raw.get("trust_remote_code", False) is True,
             raw=dict(raw),

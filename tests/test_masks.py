@@ -1,4 +1,4 @@
-"""The threshold path (kthvalue + tie rule) and the rank-cache path agree exactly."""
+"""Masks: thresholds, caches, rank planes and draws agree with stable ranks exactly."""
 
 from __future__ import annotations
 
@@ -6,7 +6,16 @@ import pytest
 import torch
 
 from methods import TensorContext, get_method
-from methods.masks import band_mask, derive_seed, floor_count, stable_ranks
+from methods.kernels import uniform_draws
+from methods.magnitudes import SortedMagnitudes, keep_ranks, window_mask
+from methods.masks import (
+    PackedRanks,
+    band_mask,
+    derive_seed,
+    draw_key,
+    floor_count,
+    stable_ranks,
+)
 
 
 @pytest.mark.parametrize("per_row", [True, False])
@@ -46,9 +55,22 @@ def test_derived_seeds_differ_by_tensor_and_model():
     assert derive_seed(5, "x", 2) == derive_seed(5, "x", 2)
 
 
+CACHE_USE = {  # which per-study cache each method reads, by compat
+    ("ties", "paper"): "magnitudes",
+    ("ties", "mergekit"): "magnitudes",
+    ("breadcrumbs", "paper"): "ranks",
+    ("breadcrumbs", "mergekit"): "magnitudes",
+    ("breadcrumbs_ties", "paper"): "ranks",
+    ("breadcrumbs_ties", "mergekit"): "magnitudes",
+    ("della", "paper"): "ranks",
+    ("della", "mergekit"): "ranks",
+}
+
+
 @pytest.mark.parametrize("method", ["ties", "breadcrumbs", "breadcrumbs_ties", "della"])
 @pytest.mark.parametrize("compat", ["paper", "mergekit"])
-def test_methods_give_same_bytes_with_a_rank_cache(method, compat):
+def test_methods_give_same_bytes_with_the_study_caches(method, compat):
+    """Tie-heavy task vectors: cached ranks / sorted magnitudes give the uncached bytes."""
     gen = torch.Generator().manual_seed(1)
     deltas = [torch.randint(-4, 5, (16, 24), generator=gen).float() * 0.01 for _ in range(2)]
     base = torch.randn(16, 24, generator=gen)
@@ -63,15 +85,90 @@ def test_methods_give_same_bytes_with_a_rank_cache(method, compat):
     if "gamma" in params:
         params["gamma"] = [0.1, 0.05]
         params["beta"] = [0.3, 0.2]
-    cache = {}
+    used = set()
 
     def ranks(i, per_row):
-        key = (i, per_row)
-        if key not in cache:
-            cache[key] = stable_ranks(deltas[i], per_row)
-        return cache[key]
+        used.add("ranks")
+        return PackedRanks.of(stable_ranks(deltas[i], per_row)) if per_row else None
+
+    def magnitudes(i):
+        used.add("magnitudes")
+        return SortedMagnitudes(deltas[i])
 
     a = spec.fn(base, deltas, params, TensorContext("w", compat, 3))
-    b = spec.fn(base, deltas, params, TensorContext("w", compat, 3, ranks=ranks))
+    ctx = TensorContext("w", compat, 3, ranks=ranks, magnitudes=magnitudes)
+    b = spec.fn(base, deltas, params, ctx)
     assert torch.equal(a, b)
-    assert cache, "the rank cache was not used"
+    assert CACHE_USE[(method, compat)] in used, f"{method} did not read its cache"
+
+
+@pytest.mark.parametrize("values", ["distinct", "ties"])
+@pytest.mark.parametrize("first,last", [(0, 99), (0, 49), (50, 99), (13, 87), (40, 40), (60, 20)])
+def test_magnitude_windows_keep_exactly_the_stable_rank_band(values, first, last):
+    """Thresholds from SortedMagnitudes or kthvalue keep ranks first..last, ties by position."""
+    gen = torch.Generator().manual_seed(2)
+    d = torch.randn(10, 10, generator=gen)
+    if values == "ties":
+        d = torch.randint(-3, 4, (10, 10), generator=gen).float() * 0.5  # 7 values, -0.0 too
+    ranks = stable_ranks(d, per_row=False)
+    expected = (ranks >= first) & (ranks <= last)
+    for cached in (None, SortedMagnitudes(d)):
+        (w,) = keep_ranks([d], [(first, last)], [cached])
+        assert torch.equal(window_mask(d, w), expected)
+        cut = w.lo_pos > 0 or w.hi_pos < d.numel()  # a run of ties is cut by position
+        assert cut == (values == "ties" and first <= last and (first, last) != (0, 99))
+
+
+def test_sorted_magnitudes_give_each_order_statistic_and_its_run():
+    d = torch.tensor([0.5, -0.25, 0.25, 3.0, 0.0, -0.5, 1e-30, 0.25])
+    sm = SortedMagnitudes(d)
+    ordered = sorted(abs(float(x)) for x in d)
+    for p, v in enumerate(ordered):
+        value, first, last = sm.at(p)
+        assert value == pytest.approx(v, rel=0, abs=0)
+        assert (first, last) == (ordered.index(v), len(ordered) - 1 - ordered[::-1].index(v))
+    big = torch.randn(100_000, generator=torch.Generator().manual_seed(3)) * 0.01
+    big[::7] = 0.0  # exact zeros, as in untouched weights
+    assert SortedMagnitudes(big).nbytes < 0.55 * big.numel() * 4  # ~half of float32
+
+
+def test_packed_ranks_round_trip():
+    r = torch.tensor([[0, 1, 255, 256], [32768, 1000, 65535, 300]])
+    packed = PackedRanks.of(r)
+    assert packed.words.dtype == torch.int32 and packed.words.numel() == 4
+    assert packed.nbytes == 2 * r.numel()  # int16's memory
+    assert torch.equal(packed.ranks(), r.int())
+    with pytest.raises(ValueError, match="65536"):
+        PackedRanks.of(torch.tensor([65536, 0]))
+    with pytest.raises(ValueError, match="even"):
+        PackedRanks.of(torch.tensor([1, 2, 3]))
+
+
+def test_uniform_draws_are_counter_based_uniform_and_keyed():
+    key = torch.tensor(draw_key(7, "model.layers.0.mlp.up_proj.weight", 1))
+    u = uniform_draws(1 << 20, key, "cpu")
+    assert u.dtype == torch.float32 and 0 <= float(u.min()) and float(u.max()) < 1
+    assert abs(float(u.mean()) - 0.5) < 2e-3 and abs(float(u.std()) - 12**-0.5) < 2e-3
+    # a prefix is the same draws: entry i depends only on i and the key
+    assert torch.equal(uniform_draws(1000, key, "cpu"), u[:1000])
+    # each bit of the 24 kept is balanced, consecutive draws are uncorrelated
+    bits = (u * 16777216).long()
+    for b in (0, 11, 23):
+        assert abs(float(((bits >> b) & 1).float().mean()) - 0.5) < 3e-3
+    assert abs(float(torch.corrcoef(torch.stack([u[:-1], u[1:]]))[0, 1])) < 5e-3
+    other_key = torch.tensor(draw_key(7, "model.layers.0.mlp.up_proj.weight", 2))
+    other = uniform_draws(1000, other_key, "cpu")
+    assert float((other == u[:1000]).float().mean()) < 0.01
+    # the same bits as lowbias32 written with Python's unbounded integers
+    k0, k1 = (int(k) & 0xFFFFFFFF for k in key)
+    for i in (0, 1, 12345, (1 << 20) - 1):
+        h = _lowbias32(_lowbias32(i ^ k0) ^ k1)
+        assert float(u[i]) == (h >> 8) / 16777216
+
+
+def _lowbias32(x: int) -> int:
+    x ^= x >> 16
+    x = (x * 0x7FEB352D) & 0xFFFFFFFF
+    x ^= x >> 15
+    x = (x * 0x846CA68B) & 0xFFFFFFFF
+    return x ^ (x >> 16)

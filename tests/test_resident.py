@@ -59,44 +59,13 @@ def test_resident_equals_one_shot(method, compat, merger, study_zoo, tmp_path):
     assert all(torch.equal(base[n], t) for n, t in merger.targets.items())
 
 
-def test_chunked_row_ranks_equal_whole_tensor_ranks():
+def test_chunked_packed_row_ranks_equal_whole_tensor_ranks():
     from methods.masks import stable_ranks
-    from optimizer.resident import row_ranks_int16
+    from optimizer.resident import row_ranks_packed
 
-    d = torch.randint(-5, 6, (37, 11), generator=torch.Generator().manual_seed(0)).float()
-    got = row_ranks_int16(d, chunk_elements=30)  # 2 rows per block, 19 blocks
-    assert got.dtype == torch.int16
-    assert torch.equal(got.long(), stable_ranks(d, True))
-
-
-@pytest.mark.parametrize("method", ["linear", "task_arithmetic"])
-@pytest.mark.parametrize("normalize", [True, False])
-def test_sliced_elementwise_methods_equal_the_whole_tensor_math(method, normalize):
-    """Tensors larger than a slice go through the sliced path: same bytes as unsliced."""
-    from methods import TensorContext
-    from optimizer.merge import SLICE_ELEMENTS
-    from optimizer.param_forms import TensorSite
-
-    name = "model.layers.0.mlp.up_proj.weight"
-    gen = torch.Generator().manual_seed(0)
-    shape = (SLICE_ELEMENTS // 1000 * 3 + 7, 1000)  # three slices and a ragged tail
-    base = torch.randn(shape, generator=gen)
-    experts = [{name: base + torch.randn(shape, generator=gen) * 0.01} for _ in range(3)]
-    engine = ResidentMerger.in_memory({name: base}, experts, num_layers=1)
-    cfg = MergeConfig.from_dict(
-        {
-            "merge_method": method,
-            "base_model": "b",
-            "models": [
-                {"model": f"e{i}", "parameters": {"weight": w}}
-                for i, w in enumerate((0.5, 0.3, 0.4))
-            ],
-            "parameters": {"normalize": normalize},
-        }
-    )
-    engine.materialize(cfg)
-    params = cfg.tensor_params(TensorSite.of(name, 1))
-    expected = METHODS[method].fn(
-        engine.base[name], [d[name] for d in engine.deltas], params, TensorContext(name)
-    )
-    assert torch.equal(engine.targets[name], expected)
+    d = torch.randint(-5, 6, (38, 11), generator=torch.Generator().manual_seed(0)).float()
+    got = row_ranks_packed(d, chunk_elements=30)  # 2 rows per block, 19 blocks
+    assert got.words.dtype == torch.int32 and got.nbytes == 2 * d.numel()
+    assert torch.equal(got.ranks().long(), stable_ranks(d, True))
+    assert row_ranks_packed(torch.zeros(2, 70_000)) is None  # rows too long to pack
+    assert row_ranks_packed(torch.zeros(3, 5)) is None  # odd size

@@ -1,0 +1,141 @@
+"""From a method's per-expert decisions to one kernel call written into ``out``.
+
+A method decides, per task vector, what the kernel sparsifies (the vector
+itself, or a form masked eagerly where the fused rule cannot express it), with
+which per-element inputs and scalars, and how the results combine; this module
+lays the tensors out for ``methods.kernels.run_kernel`` and calls it.
+
+A candidate with NaN or inf must fail its trial, but checking the result costs
+a pass over it. With finite inputs, the kernels can only overflow: so a
+bound on |result| from the inputs' largest magnitudes (kept per study) and the
+scalars proves most candidates finite for free, and only the rest (weights
+of mixed signs under TIES normalization, huge scalars) are checked.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from methods.kernels import (
+    Combine,
+    Sparsify,
+    consensus,
+    ensure_finite,
+    mean_scaled,
+    rank_window,
+    ranked_random_keep,
+    run_kernel,
+    weighted_sum,
+)
+from methods.registry import TensorContext
+
+# sparsifiers reading methods.masks.PackedRanks: tensors viewed as (2, n/2)
+_PAIRED = (rank_window, ranked_random_keep)
+
+
+@dataclass(frozen=True)
+class ExpertInput:
+    """One task vector as the kernel sees it: per-element inputs and its rows
+    of float (``s``) and integer (``i``) scalars."""
+
+    tau: torch.Tensor
+    aux: tuple[torch.Tensor, ...] = ()
+    s: tuple[float, ...] = ()
+    i: tuple[int, ...] = ()
+    # |sparsified τ| <= gain · max|tau| (1 / smallest keep probability when rescaling)
+    gain: float = 1.0
+    # tau is task vector ``index`` itself (its max|.| is kept per study), not a masked copy
+    index: int | None = None
+
+
+def premasked(tau: torch.Tensor) -> ExpertInput:
+    """An eagerly masked task vector: the magnitude window (-1, inf) keeps all of it."""
+    return ExpertInput(tau, (), (-1.0, float("inf")), (0, max(1, tau.numel())))
+
+
+# results provably below this magnitude are finite (float32 max is 3.4e38)
+SAFE_BOUND = 1e37
+
+
+def _absmax(t: torch.Tensor, key, ctx: TensorContext) -> float:
+    def build() -> float:
+        return float(t.abs().max()) if t.numel() else 0.0
+
+    return build() if key is None else ctx.remember(("absmax", key), build)
+
+
+def result_bound(
+    combine: Combine,
+    base: torch.Tensor,
+    experts: Sequence[ExpertInput],
+    c_rows: Sequence[Sequence[float]],
+    g: Sequence[float],
+    ctx: TensorContext,
+    c: torch.Tensor | None,
+) -> float:
+    """An upper bound on |result| (inf when none is cheap), inputs finite."""
+    b = _absmax(base, "base", ctx)
+    taus = [e.gain * _absmax(e.tau, e.index, ctx) for e in experts]
+    if combine is weighted_sum:
+        return abs(g[0]) * b + sum(abs(r[0]) * t for r, t in zip(c_rows, taus))
+    if combine is mean_scaled:
+        return b + float(c.abs().max()) * sum(taus) / len(taus)
+    if combine is consensus:
+        weights = [r[1] for r in c_rows if r[1] != 0]
+        num = sum(abs(r[1]) * t for r, t in zip(c_rows, taus))
+        if g[1] > 0 and weights:  # normalized: divided by the agreeing weights' sum
+            if not (all(w > 0 for w in weights) or all(w < 0 for w in weights)):
+                return float("inf")  # mixed signs: that sum can come near zero
+            num /= min(abs(w) for w in weights)
+        return b + abs(g[0]) * num
+    return float("inf")
+
+
+def fuse(
+    sparsify: Sparsify,
+    combine: Combine,
+    base: torch.Tensor,
+    experts: Sequence[ExpertInput],
+    c_rows: Sequence[Sequence[float]],
+    g: Sequence[float],
+    ctx: TensorContext,
+    out: torch.Tensor | None = None,
+    c: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Run the kernel and return ``out`` (allocated when None, shaped like ``base``).
+
+    ``c`` replaces ``c_rows`` by a tensor that broadcasts against ``base``
+    (Model Stock's per-row ratios); the tensors then keep their shape.
+    """
+    if base.numel() >= 1 << 31:
+        raise ValueError(
+            f"{ctx.name} has {base.numel()} entries; merges support tensors below 2^31 entries"
+        )
+    if out is None:
+        out = torch.empty_like(base)
+    layout = base.shape if c is not None else (2, -1) if sparsify in _PAIRED else (-1,)
+
+    def view(t: torch.Tensor) -> torch.Tensor:
+        return t.reshape(layout)
+
+    run_kernel(
+        sparsify,
+        combine,
+        view(base),
+        [view(e.tau) for e in experts],
+        [e.aux for e in experts],
+        [e.s for e in experts],
+        [e.i for e in experts],
+        c if c is not None else c_rows,
+        g,
+        out.view(layout),  # a view: the result lands in ``out`` itself
+        compile=ctx.compile,
+    )
+    bound = result_bound(combine, base, experts, c_rows, g, ctx, c)
+    if not math.isfinite(bound) or bound >= SAFE_BOUND:
+        ensure_finite(out)
+    return out
