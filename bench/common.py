@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -48,17 +49,37 @@ def smollm_zoo(n_experts: int) -> tuple[Path, list[Path]]:
     return base, experts
 
 
+def _peak_rss(pid: int, peak: list[int], done: threading.Event) -> None:
+    """Poll the child's own high-water mark (VmHWM) until it exits."""
+    while not done.is_set():
+        try:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    peak[0] = max(peak[0], int(line.split()[1]) * 1024)
+        except OSError:
+            return
+        done.wait(0.05)
+
+
 def run_child(cmd: list[str], env: dict | None = None) -> tuple[float, int, str]:
-    """Wall seconds, peak RSS in bytes and combined output of one child process."""
+    """Wall seconds, peak RSS in bytes and combined output of one child process.
+
+    The peak is the child's own VmHWM, polled: getrusage's ru_maxrss would also
+    count the parent's resident set at fork (Linux carries it over exec).
+    """
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+    peak, done = [0], threading.Event()
+    watcher = threading.Thread(target=_peak_rss, args=(proc.pid, peak, done), daemon=True)
+    watcher.start()
     out = proc.stdout.read().decode(errors="replace")
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
+    proc.wait()
+    done.set()
+    watcher.join()
     wall = time.perf_counter() - start
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{out[-3000:]}")
-    return wall, usage.ru_maxrss * 1024, out
+    return wall, peak[0], out
 
 
 def table(header: list[str], rows: list[list[str]]) -> str:

@@ -17,11 +17,11 @@ from methods.fuse import ExpertInput, premasked
 from methods.kernels import Sparsify, magnitude_window, ranked_random_keep
 from methods.linear import sum_coefficients, weighted_merge
 from methods.masks import (
-    PackedRanks,
     as_rows,
     draw_key,
     l1_rescaled,
     packable,
+    row_ranks_packed,
     stable_ranks,
     uniform_like,
 )
@@ -67,7 +67,7 @@ def pruned_inputs(
         for i, (delta, (a, b)) in enumerate(zip(deltas, lines)):
             packed = ctx.ranks(i, True) if ctx.ranks else None
             if packed is None:
-                packed = PackedRanks.of(stable_ranks(delta, True))
+                packed = row_ranks_packed(delta)
             key = draw_key(ctx.seed, ctx.name, i)
             rescale = 1.0 if p["rescale"] else 0.0
             gain = 1.0 / a if p["rescale"] else 1.0  # q >= a = d - epsilon > 0

@@ -178,6 +178,23 @@ def packable(delta: torch.Tensor) -> bool:
     return delta.dim() >= 1 and delta.numel() % 2 == 0 and delta.shape[-1] <= MAX_RANK
 
 
+def row_ranks_packed(delta: torch.Tensor, chunk_elements: int = 1 << 22) -> PackedRanks | None:
+    """Per-row stable ranks, packed two per int32, computed a block of rows at a time.
+
+    A whole-tensor argsort would hold int64 orders and ranks (4x the float
+    tensor each) at once; blocks bound that transient to a few MB. None for
+    tensors whose ranks cannot be packed (odd size, rows over 65536).
+    """
+    if not packable(delta):
+        return None
+    rows = delta.reshape(-1, delta.shape[-1])
+    ranks = torch.empty(rows.shape, dtype=torch.int32, device=delta.device)
+    step = max(1, chunk_elements // rows.shape[-1])
+    for start in range(0, rows.shape[0], step):
+        ranks[start : start + step] = stable_ranks(rows[start : start + step], True)
+    return PackedRanks.of(ranks.reshape(delta.shape))
+
+
 def l1_rescaled(delta: torch.Tensor, masked: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
     """Scale ``masked`` so its L1 norm equals ``delta``'s (mergekit's rescale)."""
     before = delta.abs().sum()

@@ -24,29 +24,12 @@ import torch
 
 from methods import TensorContext
 from methods.magnitudes import SortedMagnitudes
-from methods.masks import PackedRanks, packable, stable_ranks
+from methods.masks import PackedRanks, row_ranks_packed
 from optimizer.checkpoint import Checkpoint, check_compatible
 from optimizer.errors import ModelError
 from optimizer.merge import MergeError, apply_method
 from optimizer.merge_config import MergeConfig
 from optimizer.param_forms import TensorSite
-
-
-def row_ranks_packed(delta: torch.Tensor, chunk_elements: int = 1 << 22) -> PackedRanks | None:
-    """Per-row stable ranks, packed two per int32, computed a block of rows at a time.
-
-    A whole-tensor argsort would hold int64 orders and ranks (4x the float
-    tensor each) at once; blocks bound that transient to a few MB. None for
-    tensors whose ranks cannot be packed (odd size, rows over 65536).
-    """
-    if not packable(delta):
-        return None
-    rows = delta.reshape(-1, delta.shape[-1])
-    ranks = torch.empty(rows.shape, dtype=torch.int32, device=delta.device)
-    step = max(1, chunk_elements // rows.shape[-1])
-    for start in range(0, rows.shape[0], step):
-        ranks[start : start + step] = stable_ranks(rows[start : start + step], True)
-    return PackedRanks.of(ranks.reshape(delta.shape))
 
 
 def pick_device(requested: str = "auto") -> torch.device:
@@ -139,6 +122,13 @@ class ResidentMerger:
         self._ranks: dict[tuple[str, int], PackedRanks | None] = {}
         self._magnitudes: dict[tuple[str, int], SortedMagnitudes] = {}
         self._memo: dict[tuple[str, str, Hashable], Any] = {}
+
+    def drop_caches(self) -> None:
+        """Forget the per-study caches (they refill on next use): bounds memory when
+        one process times many methods on a large model."""
+        self._ranks.clear()
+        self._magnitudes.clear()
+        self._memo.clear()
 
     def cache_bytes(self) -> int:
         """Bytes held by the per-study caches (packed ranks, sorted magnitudes)."""

@@ -139,3 +139,54 @@ def test_no_cxx_compiler_falls_back_to_eager_with_a_warning(tmp_path):
     assert "fallback ok" in done.stdout
     assert "torch.compile unavailable" in done.stderr
     assert done.stderr.count("torch.compile unavailable") == 1
+
+
+@pytest.mark.parametrize(
+    "method,params",
+    [
+        ("task_arithmetic", {"lambda": 1.5}),
+        ("ties", {"density": 0.5}),
+        ("dare_ties", {"density": 0.3}),
+        ("della_linear", {"density": 0.4, "epsilon": 0.3}),
+        ("model_stock", {"filter_wise": True}),
+    ],
+)
+def test_the_finiteness_bound_holds(method, params):
+    """The bound that spares a finiteness pass is never below the true result."""
+    import methods.fuse as fuse_module
+
+    gen = torch.Generator().manual_seed(5)
+    base = torch.randn(40, 30, generator=gen)
+    deltas = [torch.randn(40, 30, generator=gen) * s for s in (0.5, 2.0, 0.1)]
+    seen = []
+    real = fuse_module.result_bound
+
+    def spy(*a, **k):
+        seen.append(real(*a, **k))
+        return seen[-1]
+
+    fuse_module.result_bound = spy
+    try:
+        full = {p.name: p.default for p in METHODS[method].params}
+        full.update(params)
+        for p in METHODS[method].params:
+            if p.scope == "model":
+                full[p.name] = [full[p.name]] * 3
+        out = METHODS[method].fn(base, deltas, full, TensorContext("w", seed=1))
+    finally:
+        fuse_module.result_bound = real
+    assert seen and float(out.abs().max()) <= seen[0]
+
+
+def test_a_non_finite_candidate_is_caught_with_or_without_a_bound():
+    from optimizer.merge import MergeError, apply_method
+
+    base = torch.ones(4, 4)
+    deltas = [torch.full((4, 4), 3e38), torch.full((4, 4), 3e38)]
+    p = {"weight": [1.0, 1.0], "lambda": 1.0, "normalize": False}
+    with pytest.raises(MergeError, match="NaN or inf"):  # bound above float32: checked
+        apply_method(METHODS["task_arithmetic"], base, deltas, p, TensorContext("w"))
+    mixed = {"weight": [1.0, -0.999], "lambda": 1.0, "normalize": True, "density": [1.0, 1.0]}
+    small = [torch.full((4, 4), 0.5), torch.full((4, 4), 0.5)]
+    out = apply_method(METHODS["ties"], base, small, mixed, TensorContext("w", "mergekit"))
+    assert torch.isfinite(out).all()  # mixed signs: no bound, the explicit check passes

@@ -60,8 +60,7 @@ def test_resident_equals_one_shot(method, compat, merger, study_zoo, tmp_path):
 
 
 def test_chunked_packed_row_ranks_equal_whole_tensor_ranks():
-    from methods.masks import stable_ranks
-    from optimizer.resident import row_ranks_packed
+    from methods.masks import row_ranks_packed, stable_ranks
 
     d = torch.randint(-5, 6, (38, 11), generator=torch.Generator().manual_seed(0)).float()
     got = row_ranks_packed(d, chunk_elements=30)  # 2 rows per block, 19 blocks
