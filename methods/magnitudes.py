@@ -13,7 +13,7 @@ vector's magnitudes sorted, once per study, in half the memory of float32
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -123,34 +123,33 @@ def keep_ranks(
 ) -> list[Window]:
     """For each same-shaped δ, the window keeping its stable ranks first..last
     (0-based, inclusive) of |δ|."""
-    windows: list[list] = []
+    windows: list[Window] = []
     requests: list[tuple[torch.Tensor, float, int]] = []
-    slots: list[tuple[int, int]] = []  # (window, 2 for lo_pos / 3 for hi_pos) per request
+    slots: list[tuple[int, str]] = []  # (window, "lo_pos" or "hi_pos") per request
     for k, (delta, (first, last), cached) in enumerate(zip(deltas, bands, sorted_mags)):
         n = delta.numel()
         first, last = max(0, first), min(n - 1, last)
-        if first > last:
-            windows.append([float("inf"), -1.0, 0, MAX_POSITION])
-            continue
-        if first == 0 and last == n - 1:
-            windows.append([-1.0, float("inf"), 0, MAX_POSITION])
+        if first > last or (first == 0 and last == n - 1):
+            windows.append(KEEP_NONE if first > last else KEEP_ALL)
             continue
         at = cached.at if cached is not None else _selector(delta.reshape(-1).abs())
-        w = [-1.0, float("inf"), 0, MAX_POSITION]  # KEEP_ALL, narrowed below
+        w = KEEP_ALL
         if first > 0:
-            w[0], lo_first, _ = at(first)
+            lo, lo_first, _ = at(first)
+            w = replace(w, lo=lo)
             if lo_first < first:  # entries equal to lo ranked below ``first`` are dropped
-                requests.append((delta, w[0], first - lo_first))
-                slots.append((k, 2))
+                requests.append((delta, lo, first - lo_first))
+                slots.append((k, "lo_pos"))
         if last < n - 1:
-            w[1], hi_first, hi_last = at(last)
+            hi, hi_first, hi_last = at(last)
+            w = replace(w, hi=hi)
             if hi_last > last:  # entries equal to hi ranked above ``last`` are dropped
-                requests.append((delta, w[1], last - hi_first))
-                slots.append((k, 3))
+                requests.append((delta, hi, last - hi_first))
+                slots.append((k, "hi_pos"))
         windows.append(w)
     for (k, field), pos in zip(slots, _positions(requests, compile)):
-        windows[k][field] = pos
-    return [Window(*w) for w in windows]
+        windows[k] = replace(windows[k], **{field: pos})
+    return windows
 
 
 def window_mask(delta: torch.Tensor, w: Window) -> torch.Tensor:
