@@ -122,8 +122,10 @@ class RunSummary:
     ran_this_run: int
     interrupted: bool = False
     timed_out: bool = False
-    # this worker recorded the trial that completed the budget (or ran none):
-    # it scores held-out splits and exports, the others do not
+    # this worker recorded the trial that completed the budget, or found the
+    # budget already reached when it started: it scores held-out splits and
+    # exports, the others do not (a worker that ran nothing because the others
+    # finished meanwhile is not a finisher)
     finisher: bool = False
     best: list[FrozenTrial] = field(default_factory=list)
 
@@ -454,6 +456,7 @@ class Study:
         timeout = timeout or self.cfg.timeout
         deadline = time.monotonic() + timeout if timeout else None
         self.enqueue_seeds_once()
+        done_on_arrival = self._count(TrialState.COMPLETE) >= budget
         ran = failed = 0
         summary = RunSummary(0, 0, 0)
         # Ctrl-C and SIGTERM both stop cleanly; SIGINT is set explicitly because a
@@ -498,7 +501,7 @@ class Study:
                 signal.signal(s, handler)
         summary.completed = self._count(TrialState.COMPLETE)
         summary.ran_this_run, summary.failed_this_run = ran, failed
-        summary.finisher = summary.finisher or ran == 0
+        summary.finisher = summary.finisher or done_on_arrival
         summary.best = self.best_trials()
         return summary
 

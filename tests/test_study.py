@@ -90,6 +90,23 @@ def test_resume_continues_to_the_budget_and_seeds_once(study_zoo, tmp_path):
     assert len(seeded) == seeds  # enqueued once, not again on resume
 
 
+def test_only_one_worker_finishes_when_others_complete_the_budget(study_zoo, tmp_path):
+    path = write_study(tmp_path, study_zoo, n_trials=2)
+    late, other = open_study(path), open_study(path)
+    real_load = late.load_models
+
+    def others_finish_while_loading():
+        other.run()  # the whole budget is completed by another worker meanwhile
+        real_load()
+
+    late.load_models = others_finish_while_loading
+    summary = late.run()
+    assert (summary.completed, summary.ran_this_run) == (2, 0)
+    assert not summary.finisher  # it must not export a second time
+    rerun = open_study(path).run()  # run again on a finished study: it exports
+    assert rerun.finisher and rerun.ran_this_run == 0
+
+
 def test_failed_candidates_fail_only_their_trial(study_zoo, tmp_path):
     study = open_study(write_study(tmp_path, study_zoo, n_trials=3))
     study.load_models()
