@@ -3,7 +3,9 @@
 A method decides, per task vector, what the kernel sparsifies (the vector
 itself, or a form masked eagerly where the fused rule cannot express it), with
 which per-element inputs and scalars, and how the results combine; this module
-lays the tensors out for ``methods.kernels.run_kernel`` and calls it.
+lays the tensors out as a ``methods.launch.KernelCall`` and launches it, or
+hands it to the engine (``TensorContext.defer``), which launches the calls of
+same-shaped tensors stacked, once per candidate.
 
 A candidate with NaN or inf must fail its trial, but checking the result costs
 a pass over it. With finite inputs, the kernels can only overflow: so a
@@ -21,20 +23,15 @@ from dataclasses import dataclass
 import torch
 
 from methods.kernels import (
+    PAIRED,
     Combine,
     Sparsify,
     consensus,
-    ensure_finite,
     mean_scaled,
-    rank_window,
-    ranked_random_keep,
-    run_kernel,
     weighted_sum,
 )
+from methods.launch import KernelCall, launch, pack_scalars
 from methods.registry import TensorContext
-
-# sparsifiers reading methods.masks.PackedRanks: tensors viewed as (2, n/2)
-_PAIRED = (rank_window, ranked_random_keep)
 
 
 @dataclass(frozen=True)
@@ -109,7 +106,9 @@ def fuse(
     """Run the kernel and return ``out`` (allocated when None, shaped like ``base``).
 
     ``c`` replaces ``c_rows`` by a tensor that broadcasts against ``base``
-    (Model Stock's per-row ratios); the tensors then keep their shape.
+    (Model Stock's per-row ratios); the tensors then keep their shape. With
+    ``ctx.defer`` the engine may take the call and launch it later, with its
+    neighbours (``out`` is then written once the engine launches).
     """
     if base.numel() >= 1 << 31:
         raise ValueError(
@@ -117,25 +116,32 @@ def fuse(
         )
     if out is None:
         out = torch.empty_like(base)
-    layout = base.shape if c is not None else (2, -1) if sparsify in _PAIRED else (-1,)
+    layout = base.shape if c is not None else (2, -1) if sparsify in PAIRED else (-1,)
 
     def view(t: torch.Tensor) -> torch.Tensor:
         return t.reshape(layout)
 
-    run_kernel(
+    floats, ints = pack_scalars(
+        [e.s for e in experts],
+        [e.i for e in experts],
+        [[]] * len(experts) if c is not None else c_rows,
+        g,
+    )
+    bound = result_bound(combine, base, experts, c_rows, g, ctx, c)
+    call = KernelCall(
         sparsify,
         combine,
         view(base),
-        [view(e.tau) for e in experts],
-        [e.aux for e in experts],
-        [e.s for e in experts],
-        [e.i for e in experts],
-        c if c is not None else c_rows,
-        g,
         out.view(layout),  # a view: the result lands in ``out`` itself
-        compile=ctx.compile,
+        [view(e.tau) for e in experts],
+        [a for e in experts for a in e.aux],
+        len(experts[0].aux) if experts else 0,
+        floats,
+        ints,
+        extra=c,
+        name=ctx.name,
+        check=not math.isfinite(bound) or bound >= SAFE_BOUND,
     )
-    bound = result_bound(combine, base, experts, c_rows, g, ctx, c)
-    if not math.isfinite(bound) or bound >= SAFE_BOUND:
-        ensure_finite(out)
+    if ctx.defer is None or not ctx.defer(call):
+        launch([call], ctx.compile)
     return out

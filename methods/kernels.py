@@ -46,61 +46,81 @@ def _mix(x: torch.Tensor) -> torch.Tensor:
     return x ^ ((x >> 16) & 0xFFFF)
 
 
-def uniform_draws(n: int, key: torch.Tensor, device: torch.device | str) -> torch.Tensor:
-    """n uniform [0, 1) float32 draws for a key of two int32 values (any int
-    dtype): element i gets the top 24 bits of mix(mix(i ^ key[0]) ^ key[1]) / 2^24."""
-    idx = torch.arange(n, dtype=torch.int32, device=device)
-    k = key.int()
-    h = _mix(_mix(idx ^ k[0]) ^ k[1])
+def _hashed_uniform(idx: torch.Tensor, k0: torch.Tensor, k1: torch.Tensor) -> torch.Tensor:
+    """Entry index ``idx`` (int32) -> top 24 bits of mix(mix(idx ^ k0) ^ k1) / 2^24."""
+    h = _mix(_mix(idx ^ k0.int()) ^ k1.int())
     return ((h >> 8) & 0xFFFFFF).to(torch.float32) * (1.0 / 16777216)
 
 
-def _unpack_ranks(words: torch.Tensor) -> torch.Tensor:
-    """Row ranks from methods.masks.PackedRanks words, for a task vector viewed as
-    (2, n/2): row 0 holds the low halves of the words, row 1 the high halves."""
-    shift = torch.arange(2, dtype=torch.int32, device=words.device).view(2, 1) * 16
-    return (words >> shift) & 0xFFFF
+def uniform_draws(n: int, key: torch.Tensor, device: torch.device | str) -> torch.Tensor:
+    """n uniform [0, 1) float32 draws for a key of two int32 values (any int
+    dtype): element i gets the top 24 bits of mix(mix(i ^ key[0]) ^ key[1]) / 2^24."""
+    k = key.int()
+    return _hashed_uniform(torch.arange(n, dtype=torch.int32, device=device), k[0], k[1])
+
+
+def _flat_index(d: torch.Tensor, half: int) -> torch.Tensor:
+    """Each entry's flat position within its own tensor, for a stack ``d`` (slots,
+    m) of same-shaped tensors or of one half of each (``half`` 1: the second)."""
+    m = d.shape[1]
+    return torch.arange(m, dtype=torch.int32, device=d.device).view(1, m) + half * m
+
+
+def _unpack_ranks(words: torch.Tensor, half: int) -> torch.Tensor:
+    """Row ranks of one half of each task vector from methods.masks.PackedRanks
+    words (slots, n/2): the low 16 bits rank the first half, the high the second."""
+    return (words >> (16 * half)) & 0xFFFF
 
 
 # ----------------------------------------------------------------- sparsifiers
-# sparsify(d, aux, s, i): d a task vector (flat, or (2, n/2) with packed ranks),
-# aux its per-element inputs, s and i its rows of per-expert float32 and int64
-# scalars (tensors, so new parameter values never recompile).
+# sparsify(d, aux, s, i, half): d a stack of task vectors, one per slot (a
+# tensor of the model each), (slots, n), or with packed ranks one half of each
+# (slots, n/2), ``half`` saying which; aux their per-element inputs; s and i
+# per slot the expert's float32 and int64 scalars, s[:, k] the k-th as a
+# column (tensors, so new parameter values never recompile).
 
 
-def keep_all(d: torch.Tensor, aux, s: torch.Tensor, i: torch.Tensor) -> torch.Tensor:
+def keep_all(d: torch.Tensor, aux, s: torch.Tensor, i: torch.Tensor, half: int = 0) -> torch.Tensor:
     return d
 
 
-def magnitude_window(d: torch.Tensor, aux, s: torch.Tensor, i: torch.Tensor) -> torch.Tensor:
+def magnitude_window(
+    d: torch.Tensor, aux, s: torch.Tensor, i: torch.Tensor, half: int = 0
+) -> torch.Tensor:
     """Keep s[0] <= |d| <= s[1], where of the entries equal to s[0] only those at
     flat positions >= i[0] count, and of those equal to s[1] only positions <= i[1]
     (the stable tie rule, methods.magnitudes.Window)."""
     mag = d.abs()
-    pos = torch.arange(d.numel(), dtype=torch.int32, device=d.device).view(d.shape)
-    above = (mag > s[0]) | ((mag == s[0]) & (pos >= i[0].int()))
-    below = (mag < s[1]) | ((mag == s[1]) & (pos <= i[1].int()))
+    pos = _flat_index(d, half)
+    above = (mag > s[:, 0]) | ((mag == s[:, 0]) & (pos >= i[:, 0].int()))
+    below = (mag < s[:, 1]) | ((mag == s[:, 1]) & (pos <= i[:, 1].int()))
     return torch.where(above & below, d, 0.0)
 
 
-def rank_window(d: torch.Tensor, aux, s: torch.Tensor, i: torch.Tensor) -> torch.Tensor:
+def rank_window(
+    d: torch.Tensor, aux, s: torch.Tensor, i: torch.Tensor, half: int = 0
+) -> torch.Tensor:
     """Keep entries whose row rank (packed words aux[0]) lies in [i[0], i[1])."""
-    r = _unpack_ranks(aux[0])
-    return torch.where((r >= i[0].int()) & (r < i[1].int()), d, 0.0)
+    r = _unpack_ranks(aux[0], half)
+    return torch.where((r >= i[:, 0].int()) & (r < i[:, 1].int()), d, 0.0)
 
 
-def random_keep(d: torch.Tensor, aux, s: torch.Tensor, i: torch.Tensor) -> torch.Tensor:
+def random_keep(
+    d: torch.Tensor, aux, s: torch.Tensor, i: torch.Tensor, half: int = 0
+) -> torch.Tensor:
     """DARE: keep where the draw (key i[0], i[1]) < q = s[0]; survivors divided by s[1]."""
-    u = uniform_draws(d.numel(), i, d.device).view(d.shape)
-    return torch.where(u < s[0], d, 0.0) / s[1]
+    u = _hashed_uniform(_flat_index(d, half), i[:, 0], i[:, 1])
+    return torch.where(u < s[:, 0], d, 0.0) / s[:, 1]
 
 
-def ranked_random_keep(d: torch.Tensor, aux, s: torch.Tensor, i: torch.Tensor) -> torch.Tensor:
+def ranked_random_keep(
+    d: torch.Tensor, aux, s: torch.Tensor, i: torch.Tensor, half: int = 0
+) -> torch.Tensor:
     """DELLA: q = s[0] + s[1] · row rank (packed words aux[0]); keep where the draw
     (key i[0], i[1]) < q; survivors divided by q when s[2] is 1, by 1 when it is 0."""
-    u = uniform_draws(d.numel(), i, d.device).view(d.shape)
-    q = s[0] + _unpack_ranks(aux[0]).float() * s[1]
-    scale = q * s[2] + (1.0 - s[2])
+    u = _hashed_uniform(_flat_index(d, half), i[:, 0], i[:, 1])
+    q = s[:, 0] + _unpack_ranks(aux[0], half).float() * s[:, 1]
+    scale = q * s[:, 2] + (1.0 - s[:, 2])
     return torch.where(u < q, d, 0.0) / scale
 
 
@@ -110,10 +130,10 @@ def ranked_random_keep(d: torch.Tensor, aux, s: torch.Tensor, i: torch.Tensor) -
 def weighted_sum(
     base: torch.Tensor, taus: Sequence[torch.Tensor], c: torch.Tensor, g: torch.Tensor
 ) -> torch.Tensor:
-    """g[0] · base + Σ c[t, 0] τ_t, accumulated left to right."""
-    acc = base * g[0]
+    """g[0] · base + Σ c[t, 0] τ_t, accumulated left to right (columns per slot)."""
+    acc = base * g[:, 0]
     for t, tau in enumerate(taus):
-        acc = acc + tau * c[t, 0]
+        acc = acc + tau * c[:, t, 0]
     return acc
 
 
@@ -128,19 +148,19 @@ def consensus(
     m = Σ_agree c[t, 1] τ_t, divided by Σ_agree c[t, 1] when normalizing (0
     where nobody agrees).
     """
-    votes = taus[0] * c[0, 0]
+    votes = taus[0] * c[:, 0, 0]
     for t in range(1, len(taus)):
-        votes = votes + taus[t] * c[t, 0]
+        votes = votes + taus[t] * c[:, t, 0]
     positive = votes >= 0
     num = torch.zeros_like(base)
     den = torch.zeros_like(base)
     for t, tau in enumerate(taus):
-        side = tau * c[t, 2]
+        side = tau * c[:, t, 2]
         agree = torch.where(positive, side > 0, side < 0)
-        num = num + torch.where(agree, tau * c[t, 1], 0.0)
-        den = den + torch.where(agree, c[t, 1], 0.0)
-    merged = torch.where(g[1] > 0, num / torch.where(den == 0, 1.0, den), num)
-    return base + merged * g[0]
+        num = num + torch.where(agree, tau * c[:, t, 1], 0.0)
+        den = den + torch.where(agree, c[:, t, 1], 0.0)
+    merged = torch.where(g[:, 1] > 0, num / torch.where(den == 0, 1.0, den), num)
+    return base + merged * g[:, 0]
 
 
 def mean_scaled(
@@ -158,28 +178,52 @@ Combine = Callable[..., torch.Tensor]
 
 
 class NotFiniteError(ValueError):
-    """A merged tensor holds NaN or inf."""
+    """A merged tensor holds NaN or inf (``tensor``: its name, where known)."""
+
+    def __init__(self, message: str, tensor: str = "") -> None:
+        super().__init__(message)
+        self.tensor = tensor
 
 
-# Scalars travel packed in two tensors: per expert 3 floats (s) and 3 more
-# (c), then 2 globals (g); per expert 2 ints (i). Few, flat arguments keep
-# each compiled call's guard checks short.
+# Scalars travel packed in two tensors, a row per slot: per expert 3 floats
+# (s) and 3 more (c), then 2 globals (g); per expert 2 ints (i). Few, flat
+# arguments keep each compiled call's guard checks short.
 S_WIDTH, C_WIDTH, G_WIDTH, I_WIDTH = 3, 3, 2, 2
+
+
+def _columns(x: torch.Tensor, groups: int, width: int, like: torch.Tensor) -> torch.Tensor:
+    """(slots, groups·width) -> (slots, groups, width, 1, ...) broadcasting against ``like``."""
+    x = x.unflatten(1, (groups, width)) if groups else x
+    return x.reshape(*x.shape, *[1] * (like.dim() - 1))
+
+
+# Sparsifiers reading methods.masks.PackedRanks: their tensors come as (slots,
+# 2, n/2) and the kernel handles the two halves as two (slots, n/2) streams
+# in one loop, each with its half of the words. (A (slots, 2, n/2) loop with
+# the words broadcast over the middle dimension leaves inductor two loops of
+# different shapes it cannot fuse: a full extra pass.)
+PAIRED = (rank_window, ranked_random_keep)
 
 
 def _make(sparsify: Sparsify, combine: Combine, n_experts: int, n_aux: int):
     e = n_experts
+    halves = (0, 1) if sparsify in PAIRED else (None,)
 
     def kernel(base, out, pf, pi, extra, *tensors):
-        s = pf[: S_WIDTH * e].view(e, S_WIDTH)
-        c = pf[S_WIDTH * e : (S_WIDTH + C_WIDTH) * e].view(e, C_WIDTH)
-        g = pf[(S_WIDTH + C_WIDTH) * e :]
-        i = pi.view(e, I_WIDTH)
-        deltas, aux = tensors[:e], tensors[e:]
-        taus = [
-            sparsify(d, aux[t * n_aux : (t + 1) * n_aux], s[t], i[t]) for t, d in enumerate(deltas)
-        ]
-        out.copy_(combine(base, taus, extra if combine is mean_scaled else c, g))
+        for h in halves:
+            b = base if h is None else base[:, h]
+            s = _columns(pf[:, : S_WIDTH * e], e, S_WIDTH, b)
+            c = _columns(pf[:, S_WIDTH * e : (S_WIDTH + C_WIDTH) * e], e, C_WIDTH, b)
+            g = _columns(pf[:, (S_WIDTH + C_WIDTH) * e :], 0, G_WIDTH, b)
+            i = _columns(pi, e, I_WIDTH, b)
+            deltas = tensors[:e] if h is None else [d[:, h] for d in tensors[:e]]
+            aux = tensors[e:] if h is None else [a[:, 0] for a in tensors[e:]]
+            taus = [
+                sparsify(d, aux[t * n_aux : (t + 1) * n_aux], s[:, t], i[:, t], h or 0)
+                for t, d in enumerate(deltas)
+            ]
+            merged = combine(b, taus, extra if combine is mean_scaled else c, g)
+            (out if h is None else out[h]).copy_(merged)
         return out
 
     # a code object of its own per variant: dynamo keeps one cache per code object
@@ -261,48 +305,6 @@ def count_equal(
     v = torch.tensor(list(values), dtype=mats[0].dtype, device=mats[0].device)
     key = ("count_equal",)
     return _call(key, lambda: _count_equal, (list(mats), v), compile, mats[0].numel())
-
-
-def run_kernel(
-    sparsify: Sparsify,
-    combine: Combine,
-    base: torch.Tensor,
-    deltas: Sequence[torch.Tensor],
-    aux: Sequence[Sequence[torch.Tensor]],
-    s_rows: Sequence[Sequence[float]],
-    i_rows: Sequence[Sequence[int]],
-    c: Sequence[Sequence[float]] | torch.Tensor,
-    g: Sequence[float],
-    out: torch.Tensor,
-    compile: bool = False,
-) -> None:
-    """out = combine(base, [sparsify(δ_t, aux_t, s_t, i_t)], c, g).
-
-    ``c`` is per-expert rows, or for ``mean_scaled`` a tensor broadcasting
-    against ``base``. ``compile`` asks for the fused kernel on large CPU
-    tensors; where torch.compile cannot build (no C++ compiler) the first
-    failure switches to eager torch for the rest of the process, with a
-    warning: same bytes, slower.
-    """
-    if base.numel() == 0:
-        return
-    e, n_aux = len(deltas), len(aux[0])
-    floats: list[float] = []
-    for row in s_rows:
-        floats += [*row, *[0.0] * (S_WIDTH - len(row))]
-    c_rows = [[]] * e if isinstance(c, torch.Tensor) else c
-    for row in c_rows:
-        floats += [*row, *[0.0] * (C_WIDTH - len(row))]
-    floats += [*g, *[0.0] * (G_WIDTH - len(g))]
-    ints: list[int] = []
-    for row in i_rows:
-        ints += [*row, *[0] * (I_WIDTH - len(row))]
-    pf = torch.tensor(floats, dtype=torch.float32, device=base.device)
-    pi = torch.tensor(ints, dtype=torch.int64, device=base.device)
-    extra = c if isinstance(c, torch.Tensor) else pf
-    args = (base, out, pf, pi, extra, *deltas, *(a for row in aux for a in row))
-    key = (sparsify, combine, e, n_aux)
-    _call(key, lambda: _make(*key), args, compile, base.numel())
 
 
 def ensure_finite(t: torch.Tensor) -> torch.Tensor:

@@ -97,6 +97,9 @@ class TensorContext:
     # (key, build) -> build() once per study and tensor, then the kept result
     memo: Callable[[Hashable, Callable[[], Any]], Any] | None = None
     compile: bool = False
+    # methods.launch.KernelCall -> True when the engine takes the call to launch
+    # later, stacked with its same-shaped neighbours (False: launch it now)
+    defer: Callable[[Any], bool] | None = None
 
     def remember(self, key: Hashable, build: Callable[[], Any]) -> Any:
         return build() if self.memo is None else self.memo(key, build)

@@ -59,12 +59,12 @@ def apply_method(
     try:
         return method.fn(base, deltas, params, ctx, out=out)
     except NotFiniteError:
-        raise MergeError(_NOT_FINITE.format(ctx.name, method.name)) from None
+        raise MergeError(NOT_FINITE.format(ctx.name, method.name)) from None
     except ValueError as e:
         raise MergeError(f"tensor {ctx.name}: {e}") from None
 
 
-_NOT_FINITE = (
+NOT_FINITE = (
     "tensor {}: {} produced NaN or inf values; check the parameters (weights summing "
     "to zero, extreme lambda) and the input models"
 )

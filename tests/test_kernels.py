@@ -4,7 +4,9 @@ The resident engine runs every method through compiled kernels with per-study
 caches (rank planes, sorted magnitudes, Model Stock ratios); a one-shot merge
 runs the same kernels eagerly and computes thresholds and ranks from scratch.
 On tensors large enough to compile, both must agree bit for bit, for every
-method, in both compat modes, trial after trial.
+method, in both compat modes, trial after trial, also where the engine
+launches the kernels of same-shaped tensors (one per layer) stacked, with
+per-layer parameter values.
 """
 
 from __future__ import annotations
@@ -19,16 +21,21 @@ from optimizer.resident import ResidentMerger
 
 NAME = "model.layers.0.mlp.up_proj.weight"
 SHAPE = (300, 256)  # 76,800 elements: above kernels.COMPILE_MIN_ELEMENTS
+SHAPES = {  # three layers share a shape (stacked), one odd-sized (ranks not packable), a norm
+    **{f"model.layers.{n}.mlp.up_proj.weight": SHAPE for n in range(3)},
+    "model.layers.1.self_attn.o_proj.weight": (301, 255),
+    "model.layers.2.input_layernorm.weight": (256,),
+}
 TRIALS = {  # two candidates per method: caches filled by the first serve the second
     "linear": [{}, {"normalize": False}],
-    "task_arithmetic": [{"lambda": 0.7}, {"lambda": 1.3, "normalize": True}],
-    "ties": [{"density": 0.3}, {"density": 0.8, "lambda": 1.2}],
-    "dare_linear": [{"density": 0.6}, {"density": 0.9, "rescale": False}],
-    "dare_ties": [{"density": 0.6}, {"density": 0.3}],
-    "breadcrumbs": [{"beta": 0.2, "gamma": 0.05}, {"density": 0.7, "gamma": 0.01}],
-    "breadcrumbs_ties": [{"beta": 0.2, "gamma": 0.05}, {"beta": 0.5, "gamma": 0.0}],
-    "della": [{"density": 0.6, "epsilon": 0.1}, {"density": 0.4, "epsilon": 0.2}],
-    "della_linear": [{"density": 0.6, "epsilon": 0.1}, {"rescale": False}],
+    "task_arithmetic": [{"lambda": [0.7, 1.1]}, {"lambda": 1.3, "normalize": True}],
+    "ties": [{"density": [0.3, 0.6]}, {"density": 0.8, "lambda": 1.2}],
+    "dare_linear": [{"density": [0.6, 0.3]}, {"density": 0.9, "rescale": False}],
+    "dare_ties": [{"density": 0.6}, {"density": [0.3, 0.5]}],
+    "breadcrumbs": [{"beta": [0.2, 0.4], "gamma": 0.05}, {"density": 0.7, "gamma": 0.01}],
+    "breadcrumbs_ties": [{"beta": 0.2, "gamma": [0.05, 0.1]}, {"beta": 0.5, "gamma": 0.0}],
+    "della": [{"density": [0.6, 0.8], "epsilon": 0.1}, {"density": 0.4, "epsilon": 0.2}],
+    "della_linear": [{"density": 0.6, "epsilon": [0.1, 0.2]}, {"rescale": False}],
     "model_stock": [{"filter_wise": False}, {"filter_wise": True}],
 }
 
@@ -36,14 +43,17 @@ TRIALS = {  # two candidates per method: caches filled by the first serve the se
 @pytest.fixture(scope="module")
 def engine() -> ResidentMerger:
     gen = torch.Generator().manual_seed(0)
-    base = torch.randn(SHAPE, generator=gen)
+    base = {n: torch.randn(s, generator=gen) for n, s in SHAPES.items()}
     experts = []
     for i in range(3):
-        delta = torch.randn(SHAPE, generator=gen) * 0.01
-        if i == 2:  # quantized: runs of equal magnitudes straddle thresholds
-            delta = torch.round(delta * 300) / 300
-        experts.append({NAME: base + delta})
-    return ResidentMerger.in_memory({NAME: base}, experts, num_layers=1)
+        expert = {}
+        for n, b in base.items():
+            delta = torch.randn(b.shape, generator=gen) * 0.01
+            if i == 2:  # quantized: runs of equal magnitudes straddle thresholds
+                delta = torch.round(delta * 300) / 300
+            expert[n] = b + delta
+        experts.append(expert)
+    return ResidentMerger.in_memory(base, experts, num_layers=3)
 
 
 @pytest.mark.parametrize("compat", ["paper", "mergekit"])
@@ -66,15 +76,16 @@ def test_fused_cached_path_equals_eager_uncached(engine, method, compat):
             }
         )
         engine.materialize(cfg)
-        fused = engine.targets[NAME].clone()
-        resolved = cfg.tensor_params(TensorSite.of(NAME, 1))
-        eager = METHODS[method].fn(
-            engine.base[NAME],
-            [d[NAME] for d in engine.deltas],
-            resolved,
-            TensorContext(NAME, compat, 4),
-        )
-        assert torch.equal(fused, eager), (method, params)
+        for name in SHAPES:
+            fused = engine.targets[name].clone()
+            resolved = cfg.tensor_params(TensorSite.of(name, 3))
+            eager = METHODS[method].fn(
+                engine.base[name],
+                [d[name] for d in engine.deltas],
+                resolved,
+                TensorContext(name, compat, 4),
+            )
+            assert torch.equal(fused, eager), (method, params, name)
     assert not kernels._compile_failed, "torch.compile failed: the test ran eager twice"
     assert kernels._compiled, "no kernel was compiled"
 
@@ -95,6 +106,31 @@ def test_kernels_write_into_the_given_tensor_without_copies(engine):
     assert engine.targets[NAME].data_ptr() == pointer
     expected = engine.base[NAME] + sum(d[NAME] for d in engine.deltas) * 0.5
     torch.testing.assert_close(target, expected, rtol=0, atol=1e-6)
+
+
+def test_same_shaped_tensors_launch_as_one_kernel(engine, monkeypatch):
+    """One launch per shape, not per tensor: the three layers' tensors go together."""
+    from methods import launch
+
+    sizes = []
+    real = launch._launch_run
+    monkeypatch.setattr(
+        launch, "_launch_run", lambda run, c: sizes.append(len(run)) or real(run, c)
+    )
+    for method in ("task_arithmetic", "ties", "dare_ties", "della"):
+        sizes.clear()
+        params = {"weight": 0.3, "density": 0.5, "epsilon": 0.1}
+        cfg = MergeConfig.from_dict(
+            {
+                "merge_method": method,
+                "base_model": "b",
+                "models": [{"model": f"e{i}"} for i in range(3)],
+                "parameters": {k: v for k, v in params.items() if k in METHODS[method].param_names},
+            }
+        )
+        engine.materialize(cfg)
+        # the odd-sized tensor has no packable ranks: DELLA masks it eagerly, a launch of its own
+        assert sorted(sizes) == [1, 1, 3], (method, sizes)
 
 
 FALLBACK_SCRIPT = """

@@ -1,0 +1,149 @@
+"""Kernel calls, launched one per tensor or stacked: many same-shaped tensors in one call.
+
+A model repeats the same few tensor shapes once per layer (SmolLM2-135M: 272
+tensors, 9 shapes). Launching a compiled kernel costs a fixed ~0.3 ms of
+guards and wrappers, and building its scalars another bit, so one launch per
+tensor costs ~100 ms per candidate at 135M: as much as the memory traffic.
+When the tensors of consecutive calls lie at a fixed stride in one buffer (the
+resident engine stores base, task vectors, rank caches and the model's own
+parameters that way, grouped by shape), those calls become one launch over a
+strided view with a row of scalars per tensor: the same elementwise math on
+the same bytes, with the per-launch cost paid once per shape.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from methods.kernels import (
+    C_WIDTH,
+    G_WIDTH,
+    I_WIDTH,
+    PAIRED,
+    S_WIDTH,
+    Combine,
+    NotFiniteError,
+    Sparsify,
+    _call,
+    _make,
+    ensure_finite,
+)
+
+
+@dataclass
+class KernelCall:
+    """out = combine(base, [sparsify(τ_t, aux_t, s_t, i_t)], c, g) for one tensor.
+
+    Tensors are already in the kernel's layout (flat, (2, n/2) or, with a
+    per-row ``extra``, the tensor's own shape); ``floats``/``ints`` are the
+    packed scalars. ``check``: the result needs an explicit finiteness check.
+    """
+
+    sparsify: Sparsify
+    combine: Combine
+    base: torch.Tensor
+    out: torch.Tensor
+    taus: list[torch.Tensor]
+    aux: list[torch.Tensor]  # per expert n_aux tensors, flattened in expert order
+    n_aux: int
+    floats: list[float]
+    ints: list[int]
+    extra: torch.Tensor | None = None
+    name: str = ""
+    check: bool = False
+
+    @property
+    def key(self) -> tuple:
+        return (self.sparsify, self.combine, len(self.taus), self.n_aux)
+
+    def tensors(self) -> list[torch.Tensor]:
+        return [self.base, self.out, *self.taus, *self.aux]
+
+
+def pack_scalars(
+    s_rows: Sequence[Sequence[float]],
+    i_rows: Sequence[Sequence[int]],
+    c_rows: Sequence[Sequence[float]],
+    g: Sequence[float],
+) -> tuple[list[float], list[int]]:
+    """Per-expert rows and globals, zero-padded to the kernel's fixed widths."""
+    floats: list[float] = []
+    for row in s_rows:
+        floats += [*row, *[0.0] * (S_WIDTH - len(row))]
+    for row in c_rows:
+        floats += [*row, *[0.0] * (C_WIDTH - len(row))]
+    floats += [*g, *[0.0] * (G_WIDTH - len(g))]
+    ints: list[int] = []
+    for row in i_rows:
+        ints += [*row, *[0] * (I_WIDTH - len(row))]
+    return floats, ints
+
+
+def _place(t: torch.Tensor) -> tuple:
+    return (t.untyped_storage().data_ptr(), t.dtype, t.shape, t.stride())
+
+
+def _follows(run: list[KernelCall], call: KernelCall) -> bool:
+    """Whether every tensor of ``call`` lies one stride after its counterpart in
+    the run's last call (the stride set by the run's first two calls)."""
+    last, first = run[-1], run[0]
+    if call.key != last.key or call.extra is not None or last.extra is not None:
+        return False
+    for t0, tp, t in zip(first.tensors(), last.tensors(), call.tensors()):
+        if _place(t) != _place(tp):
+            return False
+        step = t.storage_offset() - tp.storage_offset()
+        if step < t.numel():  # overlapping, or out of order
+            return False
+        if len(run) > 1 and step * (len(run) - 1) != tp.storage_offset() - t0.storage_offset():
+            return False
+    return True
+
+
+def _stacked(ts: list[torch.Tensor]) -> torch.Tensor:
+    t0 = ts[0]
+    step = ts[1].storage_offset() - t0.storage_offset() if len(ts) > 1 else t0.numel()
+    return t0.as_strided((len(ts), *t0.shape), (step, *t0.stride()), t0.storage_offset())
+
+
+def _launch_run(run: list[KernelCall], compile: bool) -> None:
+    first = run[0]
+    if first.base.numel() == 0:
+        return
+    columns = list(zip(*(c.tensors() for c in run)))
+    base, out, *rest = [_stacked(list(col)) for col in columns]
+    dev = first.base.device
+    pf = torch.tensor([c.floats for c in run], dtype=torch.float32, device=dev)
+    pi = torch.tensor([c.ints for c in run], dtype=torch.int64, device=dev)
+    extra = first.extra.unsqueeze(0) if first.extra is not None else pf
+    if first.sparsify in PAIRED:  # the halves as outputs of their own (see kernels.PAIRED)
+        out = [out[:, 0], out[:, 1]]
+    args = (base, out, pf, pi, extra, *rest)
+    _call(first.key, lambda: _make(*first.key), args, compile, base.numel())
+
+
+def launch(calls: Sequence[KernelCall], compile: bool = False) -> None:
+    """Run ``calls``: those of one kernel whose tensors sit at a fixed stride
+    from one call to the next as one stacked launch, the rest one by one; then
+    check the results that need it (NotFiniteError names the tensor)."""
+    runs: dict[tuple, list[list[KernelCall]]] = {}
+    for call in calls:
+        # same kernel, same buffers (a down_proj and an up_proj flatten alike)
+        group = (call.key, *(_place(t) for t in call.tensors()))
+        chains = runs.setdefault(group, [])
+        if chains and _follows(chains[-1], call):
+            chains[-1].append(call)
+        else:
+            chains.append([call])
+    for chains in runs.values():
+        for run in chains:
+            _launch_run(run, compile)
+    for call in calls:
+        if call.check:
+            try:
+                ensure_finite(call.out)
+            except NotFiniteError as e:
+                raise NotFiniteError(str(e), call.name) from None
