@@ -50,12 +50,13 @@ class SortedMagnitudes:
 
     def at(self, p: int) -> tuple[float, int, int]:
         """The p-th smallest magnitude and the sorted positions of its first and last copy."""
-        run = int(np.searchsorted(self.starts, p, side="right")) - 1
+        # ndarray.searchsorted: np.searchsorted's dispatch costs more than the search
+        run = int(self.starts.searchsorted(p, "right")) - 1
         lo, hi = int(self.starts[run]), int(self.starts[run + 1])
         seg = self.low[lo:hi]
         x = self.low[p]
-        first = lo + int(np.searchsorted(seg, x, side="left"))
-        last = lo + int(np.searchsorted(seg, x, side="right")) - 1
+        first = lo + int(seg.searchsorted(x, "left"))
+        last = lo + int(seg.searchsorted(x, "right")) - 1
         bits = (int(self.keys[run]) << 16) | (int(x) + 32768)
         return _float(bits), first, last
 
