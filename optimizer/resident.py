@@ -142,6 +142,8 @@ class ResidentMerger:
 
         For benchmarks and tests that need models of a size no folder holds
         (random weights); everything after loading is the same code path.
+        The dicts are emptied as their tensors move into the engine's shared
+        buffers, so the models are never held twice.
         """
         self = cls.__new__(cls)
         self.device = pick_device(device)
@@ -155,9 +157,9 @@ class ResidentMerger:
         self.targets = self._new_stack()
         self.deltas = [self._new_stack() for _ in experts]
         for name in self.names:
-            self.base[name].copy_(base[name])
+            self.base[name].copy_(base.pop(name))
             for i, e in enumerate(experts):
-                self.deltas[i][name].copy_(e[name]).sub_(self.base[name])
+                self.deltas[i][name].copy_(e.pop(name)).sub_(self.base[name])
         self._init_caches(cache_ranks, compile_kernels)
         return self
 
