@@ -203,15 +203,39 @@ def random_model(hidden: int, inter: int, layers: int, vocab: int, seed: int) ->
                 p + "post_attention_layernorm.weight": (hidden,),
             }
         )
-    return {n: torch.randn(s, generator=gen) * 0.02 for n, s in shapes.items()}
+    return stacked(shapes, lambda shape: torch.randn(shape, generator=gen) * 0.02)
+
+
+def stacked(shapes: dict[str, tuple[int, ...]], make) -> dict[str, torch.Tensor]:
+    """Tensors as views of one ``make((count, *shape))`` buffer per shape.
+
+    A buffer is freed (and given back to the OS) with its last view; as many
+    separate tensors, freed while the engine copies them into its own
+    buffers, they would stay in the allocator's heap and the ~1B case would
+    hold its models twice.
+    """
+    groups: dict[tuple[int, ...], list[str]] = {}
+    for name, shape in shapes.items():
+        groups.setdefault(tuple(shape), []).append(name)
+    out = {}
+    for shape, names in groups.items():
+        buf = make((len(names), *shape))
+        out.update({n: buf[k] for k, n in enumerate(names)})
+    return out
+
+
+def _noisy(buffers: dict[tuple[int, ...], torch.Tensor], seed: int):
+    """make((count, *shape)): the base buffer of that shape plus seeded noise."""
+    gen = torch.Generator().manual_seed(seed)
+    return lambda shape: buffers[shape[1:]] + torch.randn(shape, generator=gen) * 1e-3
 
 
 def random_engine(hidden, inter, layers, n_experts, device, vocab=49152) -> ResidentMerger:
     base = random_model(hidden, inter, layers, vocab, 0)
-    experts = []
-    for i in range(n_experts):
-        gen = torch.Generator().manual_seed(100 + i)
-        experts.append({n: t + torch.randn(t.shape, generator=gen) * 1e-3 for n, t in base.items()})
+    shapes = {n: tuple(t.shape) for n, t in base.items()}
+    buffers = {tuple(t.shape): t._base for t in base.values()}  # the views' buffers
+    experts = [stacked(shapes, _noisy(buffers, 100 + i)) for i in range(n_experts)]
+    buffers.clear()  # the base buffers go with the engine's copy of their last view
     return ResidentMerger.in_memory(base, experts, layers, str(device))
 
 
