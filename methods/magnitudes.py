@@ -6,8 +6,10 @@ is two thresholds, the magnitudes at its ends, plus a positional tie rule in
 the rare case a run of equal magnitudes straddles an end. Finding a threshold
 is a selection over the tensor (a kthvalue of 10M values takes 0.2 s), and the
 window moves every trial with the density; so the optimizer keeps each task
-vector's magnitudes sorted, once per study, in half the memory of float32
-(``SortedMagnitudes``), and a trial's thresholds become two array lookups.
+vector's stable magnitude order, once per study (``MagnitudeOrder``: the
+entries' positions, int32), and a trial's window becomes four lookups: the
+entry at each end gives both its threshold and its tie-breaking position,
+where counting equal magnitudes would otherwise read the whole tensor again.
 """
 
 from __future__ import annotations
@@ -21,48 +23,61 @@ import torch
 from methods.kernels import count_equal
 
 
-def _float(bits: int) -> float:
-    return float(np.array([bits], dtype=np.int32).view(np.float32)[0])
+class MagnitudeOrder:
+    """The positions of one tensor's entries by ascending |δ|, ties by position.
 
-
-class SortedMagnitudes:
-    """|δ| of one tensor in ascending order, as float32 bit patterns split in two.
-
-    Non-negative float32 values order like their int32 bit patterns. The high
-    16 bits of the sorted patterns form runs, so they are kept once per run
-    (value and start: kilobytes); the low 16 bits are kept per entry, offset
-    to int16 so each run stays sorted: 2 bytes per entry.
+    The stable order is the int32 tail of a sort of 64-bit keys (|δ|'s float32
+    bits, which order like the values for non-negative floats, then the
+    position): NumPy's SIMD sort, 4 bytes per entry kept. Magnitudes are read
+    back from the tensor itself, so the cache holds no values.
     """
 
     def __init__(self, delta: torch.Tensor) -> None:
         bits = delta.detach().reshape(-1).abs().to("cpu", torch.float32).view(torch.int32)
-        ordered = np.sort(bits.numpy())  # NumPy's SIMD sort: ~3x torch.sort here
-        self.n = int(ordered.size)
-        high = ordered >> 16
-        edges = np.flatnonzero(high[1:] != high[:-1]) + 1
-        self.starts = np.concatenate([[0], edges, [self.n]]) if self.n else np.zeros(1, np.int64)
-        self.keys = high[self.starts[:-1]].astype(np.int32)
-        self.low = ((ordered & 0xFFFF) - 32768).astype(np.int16)
+        n = bits.numel()
+        keys = (bits.numpy().astype(np.int64) << 32) | np.arange(n, dtype=np.int64)
+        keys.sort()
+        self.order = (keys & 0x7FFFFFFF).astype(np.int32)
+        self.n = n
 
     @property
     def nbytes(self) -> int:
-        return self.low.nbytes + self.starts.nbytes + self.keys.nbytes
+        return self.order.nbytes
 
-    def at(self, p: int) -> tuple[float, int, int]:
-        """The p-th smallest magnitude and the sorted positions of its first and last copy."""
-        # ndarray.searchsorted: np.searchsorted's dispatch costs more than the search
-        run = int(self.starts.searchsorted(p, "right")) - 1
-        lo, hi = int(self.starts[run]), int(self.starts[run + 1])
-        seg = self.low[lo:hi]
-        x = self.low[p]
-        first = lo + int(seg.searchsorted(x, "left"))
-        last = lo + int(seg.searchsorted(x, "right")) - 1
-        bits = (int(self.keys[run]) << 16) | (int(x) + 32768)
-        return _float(bits), first, last
+    def window(self, delta: torch.Tensor, first: int, last: int) -> Window:
+        """The window keeping stable ranks first..last of ``delta`` (the tensor
+        this order was built from), 0 <= first <= last < n. An end's position
+        is set only where its run of equal magnitudes straddles it, as the
+        uncached path does, so both give the same window."""
+        ends = []  # (field, value field, rank, neighbour rank outside the window)
+        if first > 0:
+            ends.append(("lo_pos", "lo", first, first - 1))
+        if last < self.n - 1:
+            ends.append(("hi_pos", "hi", last, last + 1))
+        ranks = [r for _, _, rank, out in ends for r in (rank, out)]
+        positions = self.order[ranks]
+        mags = _magnitudes_at(delta, positions)
+        w = KEEP_ALL
+        for k, (pos_field, value_field, _, _) in enumerate(ends):
+            value, outside = mags[2 * k], mags[2 * k + 1]
+            w = replace(w, **{value_field: value})
+            if outside == value:  # a run of equal magnitudes straddles this end
+                w = replace(w, **{pos_field: int(positions[2 * k])})
+        return w
+
+
+def _magnitudes_at(delta: torch.Tensor, positions: np.ndarray) -> list[float]:
+    """|δ| at the given flat positions (NumPy on the CPU, one gather elsewhere)."""
+    flat = delta.detach().reshape(-1)
+    if flat.device.type == "cpu":
+        return np.abs(flat.numpy()[positions]).tolist()
+    index = torch.from_numpy(positions.astype(np.int64)).to(flat.device)
+    return flat[index].abs().tolist()
 
 
 def _selector(mag: torch.Tensor) -> Callable[[int], tuple[float, int, int]]:
-    """``SortedMagnitudes.at`` without the cache: a kthvalue and two counts."""
+    """The p-th smallest magnitude and the ranks of its first and last copy,
+    without a cache: a kthvalue and two counts."""
 
     def at(p: int) -> tuple[float, int, int]:
         v = mag.kthvalue(p + 1).values
@@ -96,8 +111,9 @@ KEEP_NONE = Window(float("inf"), -1.0)
 
 def _positions(requests: list[tuple[torch.Tensor, float, int]], compile: bool) -> list[int]:
     """For each (δ, value, j): the flat position of the j-th (0-based) entry with
-    |δ| == value, in position order. One fused counting pass per tensor (all
-    requests on same-shaped tensors share one kernel call), then one row searched."""
+    |δ| == value, in position order, for the uncached path. One fused counting
+    pass per tensor (all requests on same-shaped tensors share one kernel call),
+    then one row searched."""
     if not requests:
         return []
 
@@ -119,7 +135,7 @@ def _positions(requests: list[tuple[torch.Tensor, float, int]], compile: bool) -
 def keep_ranks(
     deltas: list[torch.Tensor],
     bands: list[tuple[int, int]],
-    sorted_mags: list[SortedMagnitudes | None],
+    orders: list[MagnitudeOrder | None],
     compile: bool = False,
 ) -> list[Window]:
     """For each same-shaped δ, the window keeping its stable ranks first..last
@@ -127,13 +143,16 @@ def keep_ranks(
     windows: list[Window] = []
     requests: list[tuple[torch.Tensor, float, int]] = []
     slots: list[tuple[int, str]] = []  # (window, "lo_pos" or "hi_pos") per request
-    for k, (delta, (first, last), cached) in enumerate(zip(deltas, bands, sorted_mags)):
+    for k, (delta, (first, last), order) in enumerate(zip(deltas, bands, orders)):
         n = delta.numel()
         first, last = max(0, first), min(n - 1, last)
         if first > last or (first == 0 and last == n - 1):
             windows.append(KEEP_NONE if first > last else KEEP_ALL)
             continue
-        at = cached.at if cached is not None else _selector(delta.reshape(-1).abs())
+        if order is not None:
+            windows.append(order.window(delta, first, last))
+            continue
+        at = _selector(delta.reshape(-1).abs())
         w = KEEP_ALL
         if first > 0:
             lo, lo_first, _ = at(first)

@@ -92,7 +92,7 @@ class TensorContext:
     # (model index, per_row) -> that task vector's stable magnitude ranks
     # (methods.masks.PackedRanks) per row, or None where it keeps none
     ranks: Callable[[int, bool], Any] | None = None
-    # model index -> methods.magnitudes.SortedMagnitudes of that task vector
+    # model index -> methods.magnitudes.MagnitudeOrder of that task vector
     magnitudes: Callable[[int], Any] | None = None
     # (key, build) -> build() once per study and tensor, then the kept result
     memo: Callable[[Hashable, Callable[[], Any]], Any] | None = None

@@ -3,14 +3,15 @@
 Models are read once. What does not change between trials is kept: the base
 tensors and each expert's task vector in float32 on the compute device and,
 filled on first use by the methods that need them, each task vector's row
-ranks (DELLA, paper-mode Breadcrumbs) and its sorted magnitudes (TIES,
-mergekit-mode Breadcrumbs: a trial's thresholds become lookups instead of a
-selection over the tensor), each half a model per expert, plus small per-tensor
-values (Model Stock's ratios, SLERP's angle). A candidate is then one fused
+ranks (DELLA, paper-mode Breadcrumbs; int16, half a model per expert) and its
+stable magnitude order (TIES, mergekit-mode Breadcrumbs; int32 positions, a
+model per expert: a trial's thresholds and tie positions become lookups
+instead of a selection and a counting pass over the tensor), plus small
+per-tensor values (Model Stock's ratios, SLERP's angle). A candidate is then one fused
 elementwise pass per tensor written straight into the model's parameters: no
 disk, no re-instantiation, no temporaries. Memory: (experts + 2) models, plus
-0.5 per expert for each of the two caches once used (``cache_ranks: false``
-trades them for a selection or sort per trial).
+0.5 (ranks) and 1 (order) per expert for the caches once used
+(``cache_ranks: false`` trades them for a selection or sort per trial).
 
 Tensors of one shape (a layer's q_proj in every layer, ...) live side by
 side in one buffer: base, each task vector, the rank cache and the model's
@@ -33,7 +34,7 @@ import torch
 from methods import TensorContext
 from methods.kernels import NotFiniteError
 from methods.launch import KernelCall, launch
-from methods.magnitudes import SortedMagnitudes
+from methods.magnitudes import MagnitudeOrder
 from methods.masks import PackedRanks, row_ranks_packed
 from optimizer.checkpoint import Checkpoint, check_compatible
 from optimizer.errors import ModelError
@@ -188,7 +189,7 @@ class ResidentMerger:
         self.compile_kernels = compile_kernels
         self._ranks: dict[tuple[str, int], PackedRanks | None] = {}
         self._rank_stacks: dict[int, dict[str, torch.Tensor]] = {}
-        self._magnitudes: dict[tuple[str, int], SortedMagnitudes] = {}
+        self._magnitudes: dict[tuple[str, int], MagnitudeOrder] = {}
         self._memo: dict[tuple[str, str, Hashable], Any] = {}
         self._pending: list[KernelCall] | None = None
 
@@ -227,7 +228,7 @@ class ResidentMerger:
         return True
 
     def cache_bytes(self) -> int:
-        """Bytes held by the per-study caches (packed ranks, sorted magnitudes)."""
+        """Bytes held by the per-study caches (packed ranks, magnitude orders)."""
         ranks = sum(r.nbytes for r in self._ranks.values() if r is not None)
         return ranks + sum(m.nbytes for m in self._magnitudes.values())
 
@@ -240,10 +241,10 @@ class ResidentMerger:
                 self._ranks[key] = self._packed_ranks(name, index)
             return self._ranks[key]
 
-        def magnitudes(index: int) -> SortedMagnitudes:
+        def magnitudes(index: int) -> MagnitudeOrder:
             key = (name, index)
             if key not in self._magnitudes:
-                self._magnitudes[key] = SortedMagnitudes(self.deltas[index][name])
+                self._magnitudes[key] = MagnitudeOrder(self.deltas[index][name])
             return self._magnitudes[key]
 
         def memo(key: Hashable, build: Callable[[], Any]) -> Any:

@@ -1,7 +1,7 @@
 """The fused (torch.compile) candidate path gives the eager, uncached bytes.
 
 The resident engine runs every method through compiled kernels with per-study
-caches (rank planes, sorted magnitudes, Model Stock ratios); a one-shot merge
+caches (rank planes, magnitude orders, Model Stock ratios); a one-shot merge
 runs the same kernels eagerly and computes thresholds and ranks from scratch.
 On tensors large enough to compile, both must agree bit for bit, for every
 method, in both compat modes, trial after trial, also where the engine

@@ -7,7 +7,7 @@ import torch
 
 from methods import TensorContext, get_method
 from methods.kernels import uniform_draws
-from methods.magnitudes import SortedMagnitudes, keep_ranks, window_mask
+from methods.magnitudes import MagnitudeOrder, Window, keep_ranks, window_mask
 from methods.masks import (
     PackedRanks,
     band_mask,
@@ -70,7 +70,7 @@ CACHE_USE = {  # which per-study cache each method reads, by compat
 @pytest.mark.parametrize("method", ["ties", "breadcrumbs", "breadcrumbs_ties", "della"])
 @pytest.mark.parametrize("compat", ["paper", "mergekit"])
 def test_methods_give_same_bytes_with_the_study_caches(method, compat):
-    """Tie-heavy task vectors: cached ranks / sorted magnitudes give the uncached bytes."""
+    """Tie-heavy task vectors: cached ranks / magnitude orders give the uncached bytes."""
     gen = torch.Generator().manual_seed(1)
     deltas = [torch.randint(-4, 5, (16, 24), generator=gen).float() * 0.01 for _ in range(2)]
     base = torch.randn(16, 24, generator=gen)
@@ -93,7 +93,7 @@ def test_methods_give_same_bytes_with_the_study_caches(method, compat):
 
     def magnitudes(i):
         used.add("magnitudes")
-        return SortedMagnitudes(deltas[i])
+        return MagnitudeOrder(deltas[i])
 
     a = spec.fn(base, deltas, params, TensorContext("w", compat, 3))
     ctx = TensorContext("w", compat, 3, ranks=ranks, magnitudes=magnitudes)
@@ -105,31 +105,41 @@ def test_methods_give_same_bytes_with_the_study_caches(method, compat):
 @pytest.mark.parametrize("values", ["distinct", "ties"])
 @pytest.mark.parametrize("first,last", [(0, 99), (0, 49), (50, 99), (13, 87), (40, 40), (60, 20)])
 def test_magnitude_windows_keep_exactly_the_stable_rank_band(values, first, last):
-    """Thresholds from SortedMagnitudes or kthvalue keep ranks first..last, ties by position."""
+    """Windows from MagnitudeOrder or kthvalue keep ranks first..last, ties by position,
+    and are the same window."""
     gen = torch.Generator().manual_seed(2)
     d = torch.randn(10, 10, generator=gen)
     if values == "ties":
         d = torch.randint(-3, 4, (10, 10), generator=gen).float() * 0.5  # 7 values, -0.0 too
     ranks = stable_ranks(d, per_row=False)
     expected = (ranks >= first) & (ranks <= last)
-    for cached in (None, SortedMagnitudes(d)):
-        (w,) = keep_ranks([d], [(first, last)], [cached])
-        assert torch.equal(window_mask(d, w), expected)
-        cut = w.lo_pos > 0 or w.hi_pos < d.numel()  # a run of ties is cut by position
-        assert cut == (values == "ties" and first <= last and (first, last) != (0, 99))
+    windows = [
+        keep_ranks([d], [(first, last)], [cached])[0] for cached in (None, MagnitudeOrder(d))
+    ]
+    assert windows[0] == windows[1]
+    w = windows[0]
+    assert torch.equal(window_mask(d, w), expected)
+    cut = w.lo_pos > 0 or w.hi_pos < d.numel()  # a run of ties is cut by position
+    assert cut == (values == "ties" and first <= last and (first, last) != (0, 99))
 
 
-def test_sorted_magnitudes_give_each_order_statistic_and_its_run():
+def test_magnitude_order_is_the_stable_argsort_and_gives_exact_windows():
     d = torch.tensor([0.5, -0.25, 0.25, 3.0, 0.0, -0.5, 1e-30, 0.25])
-    sm = SortedMagnitudes(d)
-    ordered = sorted(abs(float(x)) for x in d)
-    for p, v in enumerate(ordered):
-        value, first, last = sm.at(p)
-        assert value == pytest.approx(v, rel=0, abs=0)
-        assert (first, last) == (ordered.index(v), len(ordered) - 1 - ordered[::-1].index(v))
+    order = MagnitudeOrder(d)
+    # |d| ascending, equal magnitudes by position: 0.0, 1e-30, 0.25 x3, 0.5 x2, 3.0
+    assert order.order.tolist() == [4, 6, 1, 2, 7, 0, 5, 3]
+    # ranks 3..5 = (0.25 @2, 0.25 @7, 0.5 @0): both ends cut a run of equals
+    assert order.window(d, 3, 5) == Window(0.25, 0.5, lo_pos=2, hi_pos=0)
+    # ranks 2..6: 0.25 run whole at the low end, 0.5 run whole at the high end
+    assert order.window(d, 2, 6) == Window(0.25, 0.5)
+    assert order.window(d, 0, 6) == Window(-1.0, 0.5)  # nothing below rank 0
     big = torch.randn(100_000, generator=torch.Generator().manual_seed(3)) * 0.01
     big[::7] = 0.0  # exact zeros, as in untouched weights
-    assert SortedMagnitudes(big).nbytes < 0.55 * big.numel() * 4  # ~half of float32
+    big_order = MagnitudeOrder(big)
+    assert big_order.nbytes == 4 * big.numel()  # int32 positions, no values
+    assert torch.equal(
+        torch.from_numpy(big_order.order).long(), torch.sort(big.abs(), stable=True).indices
+    )
 
 
 def test_packed_ranks_round_trip():
