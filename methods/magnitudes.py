@@ -77,13 +77,31 @@ def _magnitudes_at(delta: torch.Tensor, positions: np.ndarray) -> list[float]:
 
 def _selector(mag: torch.Tensor) -> Callable[[int], tuple[float, int, int]]:
     """The p-th smallest magnitude and the ranks of its first and last copy,
-    without a cache: a kthvalue and two counts."""
+    without a cache: a selection and two counts over ``mag``, a fresh |δ| the
+    selection may reorder.
+
+    On the CPU the selection is NumPy's in-place partition of the float32 bit
+    patterns (28M entries: 0.04 s and no copy, where torch's kthvalue takes
+    0.7 s and copies the tensor and an index); the counts do not depend on
+    the order.
+    """
+    if mag.device.type == "cpu" and mag.dtype == torch.float32:
+        bits = mag.view(torch.int32).numpy()
+
+        def select(p: int) -> float:
+            bits.partition(p)
+            return float(bits[p : p + 1].view(np.float32)[0])
+    else:
+
+        def select(p: int) -> float:
+            return float(mag.kthvalue(p + 1).values)
 
     def at(p: int) -> tuple[float, int, int]:
-        v = mag.kthvalue(p + 1).values
-        first = int((mag < v).sum())
-        last = int((mag <= v).sum()) - 1
-        return float(v), first, last
+        v = select(p)
+        # count_nonzero: a bool .sum() first widens the mask to int64 (8 B/entry)
+        first = int(torch.count_nonzero(mag < v))
+        last = int(torch.count_nonzero(mag <= v)) - 1
+        return v, first, last
 
     return at
 
@@ -132,6 +150,28 @@ def _positions(requests: list[tuple[torch.Tensor, float, int]], compile: bool) -
     return out
 
 
+def _thresholds(
+    delta: torch.Tensor, first: int, last: int
+) -> tuple[Window, list[tuple[str, float, int]]]:
+    """The uncached window's thresholds, and for each end cutting a run of
+    equal magnitudes (field, value, j): its position is the j-th entry equal
+    to value. A function of its own so the |δ| copy is freed on return,
+    before the next tensor's."""
+    at = _selector(delta.reshape(-1).abs())
+    w, needs = KEEP_ALL, []
+    if first > 0:
+        lo, lo_first, _ = at(first)
+        w = replace(w, lo=lo)
+        if lo_first < first:  # entries equal to lo ranked below ``first`` are dropped
+            needs.append(("lo_pos", lo, first - lo_first))
+    if last < delta.numel() - 1:
+        hi, hi_first, hi_last = at(last)
+        w = replace(w, hi=hi)
+        if hi_last > last:  # entries equal to hi ranked above ``last`` are dropped
+            needs.append(("hi_pos", hi, last - hi_first))
+    return w, needs
+
+
 def keep_ranks(
     deltas: list[torch.Tensor],
     bands: list[tuple[int, int]],
@@ -152,21 +192,11 @@ def keep_ranks(
         if order is not None:
             windows.append(order.window(delta, first, last))
             continue
-        at = _selector(delta.reshape(-1).abs())
-        w = KEEP_ALL
-        if first > 0:
-            lo, lo_first, _ = at(first)
-            w = replace(w, lo=lo)
-            if lo_first < first:  # entries equal to lo ranked below ``first`` are dropped
-                requests.append((delta, lo, first - lo_first))
-                slots.append((k, "lo_pos"))
-        if last < n - 1:
-            hi, hi_first, hi_last = at(last)
-            w = replace(w, hi=hi)
-            if hi_last > last:  # entries equal to hi ranked above ``last`` are dropped
-                requests.append((delta, hi, last - hi_first))
-                slots.append((k, "hi_pos"))
+        w, needs = _thresholds(delta, first, last)
         windows.append(w)
+        for field, value, j in needs:
+            requests.append((delta, value, j))
+            slots.append((k, field))
     for (k, field), pos in zip(slots, _positions(requests, compile)):
         windows[k] = replace(windows[k], **{field: pos})
     return windows

@@ -171,14 +171,30 @@ class ResidentMerger:
         return self.slots.views(buffers)
 
     def _restack_targets(self, targets: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Make the model's parameters views into shared buffers (values kept);
-        a parameter shared by two names (tied embeddings) is moved once."""
+        """Make the model's parameters views into shared buffers, holding the base;
+        a parameter shared by two names (tied embeddings) is moved once.
+
+        Each parameter must equal the checkpoint's tensor (candidates are
+        computed from the checkpoint and written over it). Its own storage is
+        dropped, pointing it at the base, before the new buffers exist: the
+        model is never held twice, even for a moment.
+        """
+        for name, t in targets.items():
+            if t.data_ptr() != self.base[name].data_ptr():
+                if not torch.equal(t.detach(), self.base[name]):
+                    raise ModelError(
+                        f"{name}: the loaded model's parameter differs from the checkpoint's "
+                        "tensor (transformers converted it on load), so merges of the "
+                        "checkpoints cannot be written into it; this architecture is not "
+                        "supported by the resident engine"
+                    )
+                t.data = self.base[name]
         views = self._new_stack()
         moved: dict[int, torch.Tensor] = {}
         out = {}
         for name, t in targets.items():
             if id(t) not in moved:
-                views[name].copy_(t.detach())
+                views[name].copy_(self.base[name])
                 t.data = views[name]
                 moved[id(t)] = t
             out[name] = moved[id(t)]

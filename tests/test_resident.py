@@ -7,6 +7,7 @@ import torch
 from safetensors.torch import load_file
 
 from methods import METHODS
+from optimizer.errors import ModelError
 from optimizer.merge import run_merge
 from optimizer.merge_config import MergeConfig
 from optimizer.resident import ResidentMerger
@@ -68,3 +69,34 @@ def test_chunked_packed_row_ranks_equal_whole_tensor_ranks():
     assert torch.equal(got.ranks().long(), stable_ranks(d, True))
     assert row_ranks_packed(torch.zeros(2, 70_000)) is None  # rows too long to pack
     assert row_ranks_packed(torch.zeros(3, 5)) is None  # odd size
+
+
+def test_resident_model_holds_the_base_in_the_shared_buffers(merger, study_zoo):
+    """The model's parameters were moved into the engine's buffers, not copied
+    beside the old ones: each is a view of its shape's buffer and holds the base."""
+    base = load_file(study_zoo["base"] / "model.safetensors")
+    merger.restore_base()
+    params = dict(merger.model.named_parameters())
+    for name, t in merger.targets.items():
+        assert t.untyped_storage().data_ptr() in merger._stacked, name
+        assert torch.equal(t, base[name])
+        if name in params:
+            assert params[name].data_ptr() == t.data_ptr()
+
+
+def test_a_model_converted_on_load_is_refused(study_zoo, monkeypatch):
+    """If transformers changes a weight while loading (fused or permuted layouts),
+    merges of the checkpoints cannot be written into it: refuse, naming the tensor."""
+    from transformers import AutoModelForCausalLM
+
+    load = AutoModelForCausalLM.from_pretrained
+
+    def converted(*args, **kwargs):
+        model = load(*args, **kwargs)
+        with torch.no_grad():
+            model.model.layers[0].mlp.up_proj.weight.mul_(-1.0)
+        return model
+
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", converted)
+    with pytest.raises(ModelError, match=r"model.layers.0.mlp.up_proj.weight: the loaded model"):
+        ResidentMerger(study_zoo["base"], [study_zoo["e1"]], "cpu")
