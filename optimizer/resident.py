@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -122,10 +122,7 @@ class ResidentMerger:
         self.base = self._new_stack()
         self.deltas = [self._new_stack() for _ in experts]
         for name in self.names:
-            b = self.base[name]
-            b.copy_(base_ckpt.get(name))
-            for i, ck in enumerate(expert_ckpts):
-                self.deltas[i][name].copy_(ck.get(name)).sub_(b)
+            self._fill(name, base_ckpt.get(name), (ck.get(name) for ck in expert_ckpts))
         self.targets = self._restack_targets({n: targets[n] for n in self.names})
         self._init_caches(cache_ranks, compile_kernels)
 
@@ -158,11 +155,17 @@ class ResidentMerger:
         self.targets = self._new_stack()
         self.deltas = [self._new_stack() for _ in experts]
         for name in self.names:
-            self.base[name].copy_(base.pop(name))
-            for i, e in enumerate(experts):
-                self.deltas[i][name].copy_(e.pop(name)).sub_(self.base[name])
+            self._fill(name, base.pop(name), (e.pop(name) for e in experts))
         self._init_caches(cache_ranks, compile_kernels)
         return self
+
+    def _fill(self, name: str, base: torch.Tensor, experts: Iterable[torch.Tensor]) -> None:
+        """Copy one tensor's base into its slot and each expert's task vector into
+        its own, taking the experts' tensors one at a time."""
+        b = self.base[name]
+        b.copy_(base)
+        for i, e in enumerate(experts):
+            self.deltas[i][name].copy_(e).sub_(b)
 
     def _new_stack(self, dtype: torch.dtype = torch.float32, slot_shape=None) -> dict:
         """Per-name views of fresh shared buffers, their storages registered as stacked."""
@@ -180,15 +183,14 @@ class ResidentMerger:
         model is never held twice, even for a moment.
         """
         for name, t in targets.items():
-            if t.data_ptr() != self.base[name].data_ptr():
-                if not torch.equal(t.detach(), self.base[name]):
-                    raise ModelError(
-                        f"{name}: the loaded model's parameter differs from the checkpoint's "
-                        "tensor (transformers converted it on load), so merges of the "
-                        "checkpoints cannot be written into it; this architecture is not "
-                        "supported by the resident engine"
-                    )
-                t.data = self.base[name]
+            if not torch.equal(t.detach(), self.base[name]):
+                raise ModelError(
+                    f"{name}: the loaded model's parameter differs from the checkpoint's "
+                    "tensor (transformers converted it on load), so merges of the "
+                    "checkpoints cannot be written into it; this architecture is not "
+                    "supported by the resident engine"
+                )
+            t.data = self.base[name]
         views = self._new_stack()
         moved: dict[int, torch.Tensor] = {}
         out = {}
