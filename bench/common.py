@@ -49,6 +49,80 @@ def smollm_zoo(n_experts: int) -> tuple[Path, list[Path]]:
     return base, experts
 
 
+def random_model(hidden: int, inter: int, layers: int, vocab: int, seed: int) -> dict:
+    gen = torch.Generator().manual_seed(seed)
+    heads_kv = hidden // 64 // 3
+    shapes = {"model.embed_tokens.weight": (vocab, hidden), "model.norm.weight": (hidden,)}
+    for i in range(layers):
+        p = f"model.layers.{i}."
+        shapes.update(
+            {
+                p + "self_attn.q_proj.weight": (hidden, hidden),
+                p + "self_attn.k_proj.weight": (heads_kv * 64, hidden),
+                p + "self_attn.v_proj.weight": (heads_kv * 64, hidden),
+                p + "self_attn.o_proj.weight": (hidden, hidden),
+                p + "mlp.gate_proj.weight": (inter, hidden),
+                p + "mlp.up_proj.weight": (inter, hidden),
+                p + "mlp.down_proj.weight": (hidden, inter),
+                p + "input_layernorm.weight": (hidden,),
+                p + "post_attention_layernorm.weight": (hidden,),
+            }
+        )
+    return stacked(shapes, lambda shape: torch.randn(shape, generator=gen) * 0.02)
+
+
+def stacked(shapes: dict[str, tuple[int, ...]], make) -> dict[str, torch.Tensor]:
+    """Tensors as views of one ``make((count, *shape))`` buffer per shape.
+
+    A buffer is freed (and given back to the OS) with its last view; as many
+    separate tensors, freed while the engine copies them into its own
+    buffers, they would stay in the allocator's heap and the ~1B case would
+    hold its models twice.
+    """
+    groups: dict[tuple[int, ...], list[str]] = {}
+    for name, shape in shapes.items():
+        groups.setdefault(tuple(shape), []).append(name)
+    out = {}
+    for shape, names in groups.items():
+        buf = make((len(names), *shape))
+        out.update({n: buf[k] for k, n in enumerate(names)})
+    return out
+
+
+def widened_zoo(n_experts: int, hidden: int = 1536, inter: int = 4096) -> tuple[Path, list[Path]]:
+    """SmolLM2's architecture widened (~1B at 1536/4096) with random weights, as
+    checkpoint folders a study loads: the base and ``n_experts`` noisy copies."""
+    CACHE.mkdir(parents=True, exist_ok=True)
+    smollm = export_smollm2(CACHE / "smollm2-135m")
+    base = CACHE / f"wide-{hidden}x{inter}"
+    if not (base / "model.safetensors").is_file():
+        tmp = base.with_name(base.name + ".partial")
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(smollm, tmp, ignore=shutil.ignore_patterns("*.safetensors"))
+        config = json.loads((tmp / "config.json").read_text())
+        heads = hidden // 64
+        config.update(
+            hidden_size=hidden,
+            intermediate_size=inter,
+            num_attention_heads=heads,
+            num_key_value_heads=heads // 3,
+            head_dim=64,
+        )
+        (tmp / "config.json").write_text(json.dumps(config, indent=2))
+        layers = config["num_hidden_layers"]
+        weights = random_model(hidden, inter, layers, config["vocab_size"], 0)
+        for name in weights:  # separate storages: safetensors refuses shared ones
+            weights[name] = weights[name].clone()
+        save_file(weights, tmp / "model.safetensors", metadata={"format": "pt"})
+        del weights
+        tmp.rename(base)
+    experts = [
+        synthetic_finetune(base, CACHE / f"wide-{hidden}x{inter}-ft{i}", seed=100 + i)
+        for i in range(n_experts)
+    ]
+    return base, experts
+
+
 def _peak_rss(pid: int, peak: list[int], done: threading.Event) -> None:
     """Poll the child's own high-water mark (VmHWM) until it exits."""
     while not done.is_set():

@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 import torch
-from common import smollm_zoo, table
+from common import random_model, smollm_zoo, stacked, table
 
 from optimizer.merge_config import MergeConfig
 from optimizer.resident import ResidentMerger
@@ -182,46 +182,6 @@ def section_methods(engine, device, repeat, methods) -> dict[str, float]:
         f"({engine.cache_bytes() / (moved / (len(engine.deltas) + 2)):.2f} x model)"
     )
     return times
-
-
-def random_model(hidden: int, inter: int, layers: int, vocab: int, seed: int) -> dict:
-    gen = torch.Generator().manual_seed(seed)
-    heads_kv = hidden // 64 // 3
-    shapes = {"model.embed_tokens.weight": (vocab, hidden), "model.norm.weight": (hidden,)}
-    for i in range(layers):
-        p = f"model.layers.{i}."
-        shapes.update(
-            {
-                p + "self_attn.q_proj.weight": (hidden, hidden),
-                p + "self_attn.k_proj.weight": (heads_kv * 64, hidden),
-                p + "self_attn.v_proj.weight": (heads_kv * 64, hidden),
-                p + "self_attn.o_proj.weight": (hidden, hidden),
-                p + "mlp.gate_proj.weight": (inter, hidden),
-                p + "mlp.up_proj.weight": (inter, hidden),
-                p + "mlp.down_proj.weight": (hidden, inter),
-                p + "input_layernorm.weight": (hidden,),
-                p + "post_attention_layernorm.weight": (hidden,),
-            }
-        )
-    return stacked(shapes, lambda shape: torch.randn(shape, generator=gen) * 0.02)
-
-
-def stacked(shapes: dict[str, tuple[int, ...]], make) -> dict[str, torch.Tensor]:
-    """Tensors as views of one ``make((count, *shape))`` buffer per shape.
-
-    A buffer is freed (and given back to the OS) with its last view; as many
-    separate tensors, freed while the engine copies them into its own
-    buffers, they would stay in the allocator's heap and the ~1B case would
-    hold its models twice.
-    """
-    groups: dict[tuple[int, ...], list[str]] = {}
-    for name, shape in shapes.items():
-        groups.setdefault(tuple(shape), []).append(name)
-    out = {}
-    for shape, names in groups.items():
-        buf = make((len(names), *shape))
-        out.update({n: buf[k] for k, n in enumerate(names)})
-    return out
 
 
 def _noisy(buffers: dict[tuple[int, ...], torch.Tensor], seed: int):

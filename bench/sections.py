@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 import yaml
-from common import run_child, smollm_zoo, table
+from common import run_child, smollm_zoo, table, widened_zoo
 from merge_vs_mergekit import PARAMS as MERGEKIT_PARAMS  # noqa: I001 - bench-local module
 
 
@@ -57,10 +57,15 @@ def mergekit_speedup(n_experts: int, ours: dict[str, float], methods: list[str])
 STUDY_METHODS = ["della", "breadcrumbs", "ties", "model_stock"]
 
 
-def study_memory(n_experts: int) -> None:
-    """Peak RSS of `mergeopt run` on SmolLM2 + experts, against (experts + 2.5) x model."""
-    base, experts = smollm_zoo(n_experts)
-    model_bytes = (base / "model.safetensors").stat().st_size
+def study_memory(n_experts: int, wide_experts: int = 2) -> None:
+    """Peak RSS of `mergeopt run` against (experts + 2.5) x model: SmolLM2-135M +
+    ``n_experts`` with and without the per-study caches, and the architecture
+    widened to ~1B + ``wide_experts`` without them (with them, 1 + 0.5 models
+    per expert: more than this machine's 24 GiB at that size)."""
+    small = smollm_zoo(n_experts)
+    wide = widened_zoo(wide_experts)
+    runs = [("SmolLM2-135M", *small, True), ("SmolLM2-135M", *small, False)]
+    runs.append(("~1B (1536/4096)", *wide, False))
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         runtime_probe = Path(tmp) / "probe.py"
@@ -73,10 +78,12 @@ def study_memory(n_experts: int) -> None:
             "cfg = StudyConfig.from_yaml(sys.argv[1])\n"
             "Evaluator(objectives_for(cfg), cfg.limit, cfg.num_fewshot)\n"
         )
-        for cache in (True, False):
+        runtime = 0
+        for k, (label, base, experts, cache) in enumerate(runs):
+            model_bytes = (base / "model.safetensors").stat().st_size
             study = {
-                "study": f"mem-{cache}",
-                "storage": f"sqlite:///{tmp}/mem-{cache}.db",
+                "study": f"mem-{k}",
+                "storage": f"sqlite:///{tmp}/mem-{k}.db",
                 "base_model": str(base),
                 "models": [str(e) for e in experts],
                 "methods": STUDY_METHODS,
@@ -85,15 +92,17 @@ def study_memory(n_experts: int) -> None:
                 "cache_ranks": cache,
                 "device": "cpu",
             }
-            path = Path(tmp) / f"mem-{cache}.yaml"
+            path = Path(tmp) / f"mem-{k}.yaml"
             path.write_text(yaml.safe_dump(study))
-            if cache:
+            if not runtime:
                 _, runtime, _ = run_child([sys.executable, str(runtime_probe), str(path)])
             bindir = Path(sys.executable).parent
             wall, rss, _ = run_child([str(bindir / "mergeopt"), "run", str(path), "--no-export"])
-            target = (n_experts + 2.5) * model_bytes
+            target = (len(experts) + 2.5) * model_bytes
             rows.append(
                 [
+                    f"{label}, {model_bytes / 1e9:.2f} GB",
+                    str(len(experts)),
                     f"cache_ranks: {str(cache).lower()}",
                     f"{rss / 1e9:.2f}",
                     f"{rss / model_bytes:.2f}",
@@ -103,16 +112,11 @@ def study_memory(n_experts: int) -> None:
                 ]
             )
     print(
-        f"\nstudy peak RSS, SmolLM2-135M ({model_bytes / 1e9:.2f} GB) + {n_experts} experts, "
-        f"trials {', '.join(STUDY_METHODS)}; runtime alone (torch, transformers, lm-eval, "
-        f"tasks built): {runtime / 1e9:.2f} GB"
+        f"\nstudy peak RSS, trials {', '.join(STUDY_METHODS)}; runtime alone (torch, "
+        f"transformers, lm-eval, tasks built): {runtime / 1e9:.2f} GB"
     )
-    print(
-        table(
-            ["run", "peak GB", "x model", "x model w/o runtime", "target GB", "met"],
-            rows,
-        )
-    )
+    header = ["model", "experts", "run", "peak GB", "x model", "x model w/o runtime"]
+    print(table([*header, "target GB", "met"], rows))
 
 
 def trial_overhead(n_trials: int = 6) -> None:

@@ -14,7 +14,12 @@ from typing import Any
 import torch
 
 from methods.fuse import ExpertInput, premasked
-from methods.kernels import Sparsify, magnitude_window, ranked_random_keep
+from methods.kernels import (
+    Sparsify,
+    magnitude_window,
+    ranked_random_keep,
+    ranked_random_keep_rescaled,
+)
 from methods.linear import sum_coefficients, weighted_merge
 from methods.masks import (
     as_rows,
@@ -69,11 +74,9 @@ def pruned_inputs(
             if packed is None:
                 packed = row_ranks_packed(delta)
             key = draw_key(ctx.seed, ctx.name, i)
-            rescale = 1.0 if p["rescale"] else 0.0
             gain = 1.0 / a if p["rescale"] else 1.0  # q >= a = d - epsilon > 0
-            inputs = ExpertInput(delta, (packed.words,), (a, b, rescale), key, gain, index=i)
-            experts.append(inputs)
-        return experts, ranked_random_keep
+            experts.append(ExpertInput(delta, (packed.words,), (a, b), key, gain, index=i))
+        return experts, ranked_random_keep_rescaled if p["rescale"] else ranked_random_keep
     experts = []
     for i, (delta, (a, b)) in enumerate(zip(deltas, lines)):
         if (a, b) == (1.0, 0.0):

@@ -113,15 +113,29 @@ def random_keep(
     return torch.where(u < s[:, 0], d, 0.0) / s[:, 1]
 
 
+def _ranked_draws(d: torch.Tensor, aux, s: torch.Tensor, i: torch.Tensor, half: int):
+    """(u, q): the draws (key i[0], i[1]) and keep probabilities q = s[0] + s[1] ·
+    row rank (packed words aux[0])."""
+    u = _hashed_uniform(_flat_index(d, half), i[:, 0], i[:, 1])
+    return u, s[:, 0] + _unpack_ranks(aux[0], half).float() * s[:, 1]
+
+
 def ranked_random_keep(
     d: torch.Tensor, aux, s: torch.Tensor, i: torch.Tensor, half: int = 0
 ) -> torch.Tensor:
-    """DELLA: q = s[0] + s[1] · row rank (packed words aux[0]); keep where the draw
-    (key i[0], i[1]) < q; survivors divided by q when s[2] is 1, by 1 when it is 0."""
-    u = _hashed_uniform(_flat_index(d, half), i[:, 0], i[:, 1])
-    q = s[:, 0] + _unpack_ranks(aux[0], half).float() * s[:, 1]
-    scale = q * s[:, 2] + (1.0 - s[:, 2])
-    return torch.where(u < q, d, 0.0) / scale
+    """DELLA without rescaling: keep where the draw u < q (see _ranked_draws)."""
+    u, q = _ranked_draws(d, aux, s, i, half)
+    return torch.where(u < q, d, 0.0)
+
+
+def ranked_random_keep_rescaled(
+    d: torch.Tensor, aux, s: torch.Tensor, i: torch.Tensor, half: int = 0
+) -> torch.Tensor:
+    """DELLA: keep where u < q, survivors divided by q. A kernel of its own, not a
+    0/1 scalar choosing the divisor: that choice cost DELLA ~10% per candidate
+    in this compute-bound loop, the same bytes either way."""
+    u, q = _ranked_draws(d, aux, s, i, half)
+    return torch.where(u < q, d, 0.0) / q
 
 
 # -------------------------------------------------------------------- combines
@@ -202,7 +216,7 @@ def _columns(x: torch.Tensor, groups: int, width: int, like: torch.Tensor) -> to
 # in one loop, each with its half of the words. (A (slots, 2, n/2) loop with
 # the words broadcast over the middle dimension leaves inductor two loops of
 # different shapes it cannot fuse: a full extra pass.)
-PAIRED = (rank_window, ranked_random_keep)
+PAIRED = (rank_window, ranked_random_keep, ranked_random_keep_rescaled)
 
 
 def _make(sparsify: Sparsify, combine: Combine, n_experts: int, n_aux: int):
