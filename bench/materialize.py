@@ -12,7 +12,9 @@ on a busy or a different machine. Sections:
   mergekit  the same merges run by `mergekit-yaml` (reread + rewrite everything)
   scaling   ms per candidate against model size (135M, ~1B random widened) and
             number of experts (2, 4, 8), with ms per GB moved
-  memory    peak RSS of a study process against (experts + 2.5) x model size
+  memory    peak RSS of a study process against (experts + 2.5) x model size:
+            SmolLM2-135M + 3 experts with and without the per-study caches,
+            the ~1B widened architecture + 2 experts without them
   overhead  per-trial time outside materialization and forward passes, demo study
 
     python bench/materialize.py [--sections methods,mergekit,...] [--device cpu|cuda]

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from methods.fuse import ExpertInput, premasked
-from methods.kernels import Sparsify, magnitude_window, rank_window
+from methods.kernels import Sparsify, keep_where, magnitude_window, rank_window
 from methods.linear import sum_coefficients, weighted_merge
 from methods.masks import band_mask, floor_count
 from methods.registry import (
@@ -91,11 +91,11 @@ def _inputs(
             for i, (d, r, (low, high)) in enumerate(zip(deltas, packed, tails))
         ]
         return experts, rank_window
-    masked = [
-        premasked(torch.where(band_mask(d, low, high, True), d, 0.0))
-        for d, (low, high) in zip(deltas, tails)
+    experts = [
+        ExpertInput(d, (band_mask(d, low, high, True).reshape(-1),), index=i)
+        for i, (d, (low, high)) in enumerate(zip(deltas, tails))
     ]
-    return masked, magnitude_window
+    return experts, keep_where
 
 
 def breadcrumbs(

@@ -84,6 +84,15 @@ def keep_all(d: torch.Tensor, aux, s: torch.Tensor, i: torch.Tensor, half: int =
     return d
 
 
+def keep_where(
+    d: torch.Tensor, aux, s: torch.Tensor, i: torch.Tensor, half: int = 0
+) -> torch.Tensor:
+    """Keep where the boolean mask aux[0] is set: a mask made eagerly (Breadcrumbs'
+    row bands without the rank cache), 1 byte per entry where a masked copy of
+    the task vector would take 4."""
+    return torch.where(aux[0], d, 0.0)
+
+
 def magnitude_window(
     d: torch.Tensor, aux, s: torch.Tensor, i: torch.Tensor, half: int = 0
 ) -> torch.Tensor:

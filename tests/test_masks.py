@@ -18,14 +18,15 @@ from methods.masks import (
 )
 
 
+@pytest.mark.parametrize("chunk", [1 << 22, 13, 24])  # one block; a row; blocks of 2 of 7 rows
 @pytest.mark.parametrize("per_row", [True, False])
 @pytest.mark.parametrize("low,high", [(0, 0), (3, 0), (0, 4), (5, 2), (9, 1)])
-def test_band_mask_threshold_path_equals_rank_path_with_many_ties(per_row, low, high):
+def test_band_mask_threshold_path_equals_rank_path_with_many_ties(per_row, low, high, chunk):
     gen = torch.Generator().manual_seed(0)
     # small integers: lots of ties, both signs
     d = torch.randint(-3, 4, (7, 12), generator=gen).float()
     ranks = stable_ranks(d, per_row)
-    a = band_mask(d, low, high, per_row)
+    a = band_mask(d, low, high, per_row, chunk_elements=chunk)
     b = band_mask(d, low, high, per_row, ranks=ranks)
     assert torch.equal(a, b)
     rows = d.shape[0] if per_row else 1

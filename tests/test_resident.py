@@ -60,12 +60,23 @@ def test_resident_equals_one_shot(method, compat, merger, study_zoo, tmp_path):
     assert all(torch.equal(base[n], t) for n, t in merger.targets.items())
 
 
-def test_chunked_packed_row_ranks_equal_whole_tensor_ranks():
-    from methods.masks import row_ranks_packed, stable_ranks
+@pytest.mark.parametrize(
+    "rows,cols,chunk",
+    [
+        (38, 11, 30),  # 2 rows per block, the halves meet between rows 18 and 19
+        (37, 12, 30),  # the halves meet inside row 18
+        (3, 40_000, 1 << 22),  # one block; ranks over 32767 set the words' sign bit
+        (3, 40_000, 30_000),  # a row per block, the middle row split between halves
+    ],
+)
+def test_chunked_packed_row_ranks_equal_whole_tensor_ranks(rows, cols, chunk):
+    from methods.masks import PackedRanks, row_ranks_packed, stable_ranks
 
-    d = torch.randint(-5, 6, (38, 11), generator=torch.Generator().manual_seed(0)).float()
-    got = row_ranks_packed(d, chunk_elements=30)  # 2 rows per block, 19 blocks
+    gen = torch.Generator().manual_seed(0)
+    d = torch.randint(-5, 6, (rows, cols), generator=gen).float()
+    got = row_ranks_packed(d, chunk_elements=chunk)
     assert got.words.dtype == torch.int32 and got.nbytes == 2 * d.numel()
+    assert torch.equal(got.words, PackedRanks.of(stable_ranks(d, True)).words)
     assert torch.equal(got.ranks().long(), stable_ranks(d, True))
     assert row_ranks_packed(torch.zeros(2, 70_000)) is None  # rows too long to pack
     assert row_ranks_packed(torch.zeros(3, 5)) is None  # odd size
