@@ -40,8 +40,7 @@ TRIALS = {  # two candidates per method: caches filled by the first serve the se
 }
 
 
-@pytest.fixture(scope="module")
-def engine() -> ResidentMerger:
+def _engine(cache_ranks: bool) -> ResidentMerger:
     gen = torch.Generator().manual_seed(0)
     base = {n: torch.randn(s, generator=gen) for n, s in SHAPES.items()}
     experts = []
@@ -53,12 +52,35 @@ def engine() -> ResidentMerger:
                 delta = torch.round(delta * 300) / 300
             expert[n] = b + delta
         experts.append(expert)
-    return ResidentMerger.in_memory(base, experts, num_layers=3)
+    return ResidentMerger.in_memory(base, experts, num_layers=3, cache_ranks=cache_ranks)
+
+
+@pytest.fixture(scope="module")
+def engine() -> ResidentMerger:
+    return _engine(cache_ranks=True)
 
 
 @pytest.mark.parametrize("compat", ["paper", "mergekit"])
 @pytest.mark.parametrize("method", sorted(TRIALS))
 def test_fused_cached_path_equals_eager_uncached(engine, method, compat):
+    _assert_fused_equals_eager(engine, method, compat)
+
+
+# methods whose engine path differs without the per-study caches: thresholds
+# computed per trial, Breadcrumbs' eager band masks read by the kernel (keep_where),
+# DELLA's packed ranks computed per trial
+UNCACHED = ["ties", "breadcrumbs", "breadcrumbs_ties", "della", "della_linear"]
+
+
+@pytest.mark.parametrize("compat", ["paper", "mergekit"])
+@pytest.mark.parametrize("method", UNCACHED)
+def test_fused_uncached_path_equals_eager(method, compat):
+    engine = _engine(cache_ranks=False)
+    _assert_fused_equals_eager(engine, method, compat)
+    assert engine.cache_bytes() == 0
+
+
+def _assert_fused_equals_eager(engine: ResidentMerger, method: str, compat: str) -> None:
     for params in TRIALS[method]:
         models = [
             {"model": f"e{i}", "parameters": {"weight": w}} for i, w in enumerate((0.5, 0.3, -0.2))
