@@ -207,10 +207,9 @@ class PackedRanks:
             raise ValueError("packed ranks need an even number of entries")
         if n and int(ranks.max()) >= MAX_RANK:
             raise ValueError(f"packed ranks hold ranks below {MAX_RANK}")
-        flat = ranks.reshape(-1).to(torch.int32)
-        half = n // 2
-        words = flat[:half] | (flat[half:] << 16)  # wraps into the sign bit: unpacked by masks
-        return cls(words.reshape(1, half), ranks.shape)
+        words = torch.zeros(n // 2, dtype=torch.int32, device=ranks.device)
+        _pack_into(words, 0, ranks.reshape(-1).to(torch.int32))
+        return cls(words.reshape(1, n // 2), ranks.shape)
 
     def ranks(self) -> torch.Tensor:
         """The ranks as int32, shaped like the task vector."""
@@ -225,35 +224,47 @@ class PackedRanks:
 MAX_RANK = 1 << 16
 
 
+def _pack_into(words: torch.Tensor, start: int, ranks: torch.Tensor) -> None:
+    """OR the int32 ranks of flat entries start.. into zeroed ``words`` (n/2,):
+    entries of the first half into the low 16 bits of their word, those of the
+    second half into the high 16 bits (wrapping into the sign bit: the kernels
+    unpack with masks)."""
+    half, end = words.numel(), start + ranks.numel()
+    if start < half:
+        words[start : min(end, half)] |= ranks[: min(end, half) - start]
+    if end > half:
+        first = max(start, half)
+        words[first - half : end - half] |= ranks[first - start :] << 16
+
+
 def packable(delta: torch.Tensor) -> bool:
     """Whether ``delta``'s row ranks fit PackedRanks (even size, rows below 65537)."""
     return delta.dim() >= 1 and delta.numel() % 2 == 0 and delta.shape[-1] <= MAX_RANK
 
 
-def row_ranks_packed(delta: torch.Tensor, chunk_elements: int = 1 << 22) -> PackedRanks | None:
+def row_ranks_packed(
+    delta: torch.Tensor, chunk_elements: int = 1 << 22, out: torch.Tensor | None = None
+) -> PackedRanks | None:
     """Per-row stable ranks, packed two per int32, computed a block of rows at a time.
 
     A whole-tensor argsort would hold int64 orders and ranks (4x the float
-    tensor each) at once; blocks bound that transient to a few MB. None for
-    tensors whose ranks cannot be packed (odd size, rows over 65536).
+    tensor each) at once; blocks bound that transient to a few MB, and each
+    block's ranks go straight into their words (``out``, (1, n/2) int32, when
+    given: the engine's shared rank buffer), so no whole-tensor rank array
+    exists. None for tensors whose ranks cannot be packed (odd size, rows over
+    65536).
     """
     if not packable(delta):
         return None
     rows = delta.reshape(-1, delta.shape[-1])
     half = delta.numel() // 2
-    # each block's ranks go straight into their half of the words (PackedRanks.of's
-    # layout), so the unpacked int32 ranks never exist for the whole tensor
-    words = torch.zeros(half, dtype=torch.int32, device=delta.device)
+    words = torch.empty(1, half, dtype=torch.int32, device=delta.device) if out is None else out
+    words.zero_()
     step = max(1, chunk_elements // rows.shape[-1])
     for start in range(0, rows.shape[0], step):
         r = stable_ranks(rows[start : start + step], True).reshape(-1).to(torch.int32)
-        lo, hi = start * rows.shape[-1], start * rows.shape[-1] + r.numel()
-        if lo < half:  # first half of the tensor: low 16 bits
-            words[lo : min(hi, half)] |= r[: min(hi, half) - lo]
-        if hi > half:  # second half: high 16 bits (wrapping into the sign bit)
-            first = max(lo, half)
-            words[first - half : hi - half] |= r[first - lo :] << 16
-    return PackedRanks(words.reshape(1, half), delta.shape)
+        _pack_into(words.view(-1), start * rows.shape[-1], r)
+    return PackedRanks(words, delta.shape)
 
 
 def l1_rescaled(delta: torch.Tensor, masked: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:

@@ -35,7 +35,7 @@ from methods import TensorContext
 from methods.kernels import NotFiniteError
 from methods.launch import KernelCall, launch
 from methods.magnitudes import MagnitudeOrder
-from methods.masks import PackedRanks, row_ranks_packed
+from methods.masks import PackedRanks, packable, row_ranks_packed
 from optimizer.checkpoint import Checkpoint, check_compatible
 from optimizer.errors import ModelError
 from optimizer.merge import NOT_FINITE, MergeError, apply_method
@@ -224,16 +224,14 @@ class ResidentMerger:
     def _packed_ranks(self, name: str, index: int) -> PackedRanks | None:
         """Task vector ``index``'s packed row ranks, stored in the shared rank
         buffer of its shape (so the kernels of one shape launch stacked)."""
-        packed = row_ranks_packed(self.deltas[index][name])
-        if packed is None:
+        delta = self.deltas[index][name]
+        if not packable(delta):
             return None
         if index not in self._rank_stacks:
             self._rank_stacks[index] = self._new_stack(
                 torch.int32, lambda shape: (1, math.prod(shape) // 2)
             )
-        words = self._rank_stacks[index][name]
-        words.copy_(packed.words)
-        return PackedRanks(words, packed.shape)
+        return row_ranks_packed(delta, out=self._rank_stacks[index][name])
 
     def _defer(self, call: KernelCall) -> bool:
         """Take a kernel call whose tensors all live in shared buffers, to launch
