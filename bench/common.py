@@ -16,9 +16,10 @@ from safetensors.torch import load_file, save_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from optimizer.resources import cache_dir  # noqa: E402
 from optimizer.smollm import export_smollm2  # noqa: E402
 
-CACHE = Path(os.environ.get("MERGEOPT_BENCH_CACHE", Path.home() / ".cache" / "mergeopt" / "bench"))
+CACHE = Path(os.environ.get("MERGEOPT_BENCH_CACHE") or cache_dir() / "bench")
 
 
 def synthetic_finetune(base: Path, out: Path, seed: int, scale: float = 0.01) -> Path:

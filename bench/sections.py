@@ -123,13 +123,13 @@ def trial_overhead(n_trials: int = 6) -> None:
     """Share of a demo trial's wall time outside materialization and forward passes."""
     import torch
 
-    from optimizer.demo import DEMO_STUDY, build_zoo
+    from optimizer.demo import default_workdir, prepare
     from optimizer.study import Study
     from optimizer.study_config import StudyConfig
 
-    build_zoo()
+    demo_study = prepare(default_workdir(), print)
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = StudyConfig.from_yaml(DEMO_STUDY, storage=f"sqlite:///{tmp}/overhead.db")
+        cfg = StudyConfig.from_yaml(demo_study, storage=f"sqlite:///{tmp}/overhead.db")
         study = Study(cfg)
         study.load_models()
         model = study.merger.model

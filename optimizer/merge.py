@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,7 +17,7 @@ import torch
 
 from methods import MethodSpec, TensorContext
 from methods.kernels import NotFiniteError
-from optimizer.checkpoint import Checkpoint, check_compatible
+from optimizer.checkpoint import Checkpoint, check_compatible, identical_weights
 from optimizer.errors import ConfigError, MergeoptError, ModelError
 from optimizer.merge_config import MergeConfig
 from optimizer.model_card import write_model_card
@@ -65,8 +65,8 @@ def apply_method(
 
 
 NOT_FINITE = (
-    "tensor {}: {} produced NaN or inf values; check the parameters (weights summing "
-    "to zero, extreme lambda) and the input models"
+    "tensor {}: {} produced NaN or inf values from finite inputs; check the parameters "
+    "(weights summing to zero, extreme lambda)"
 )
 
 
@@ -134,6 +134,33 @@ def open_models(cfg: MergeConfig, allow_pickle: bool) -> tuple[Checkpoint, list[
     return reference, experts
 
 
+def repeated_inputs(
+    cfg: MergeConfig, reference: Checkpoint, experts: list[Checkpoint]
+) -> list[str]:
+    """A line for each pair of inputs with the same weights (mergekit merges them
+    as given, and so does this; a study refuses them)."""
+    refs = [cfg.reference, *cfg.experts]
+    role = "the input" if cfg.reference_is_input else "the base"
+    lines = []
+    for i, j in identical_weights([reference, *experts]):
+        a, b = refs[i], refs[j]
+        what = (
+            "are the same folder"
+            if a.path.resolve() == b.path.resolve()
+            else ("hold byte-identical weights")
+        )
+        first = f"{role} {a.label}" if i == 0 else f"model {a.label}"
+        lines.append(
+            f"{first} and model {b.label} {what}: "
+            + (
+                "its task vector is zero"
+                if i == 0 and not cfg.reference_is_input
+                else "it counts twice"
+            )
+        )
+    return lines
+
+
 def resolve_all_params(cfg: MergeConfig, reference: Checkpoint) -> dict[str, dict[str, Any]]:
     """Per-tensor parameters for every tensor, validated before any math."""
     out = {}
@@ -152,13 +179,18 @@ def run_merge(
     allow_pickle: bool = False,
     max_shard_bytes: int = DEFAULT_SHARD_BYTES,
     show_progress: bool = False,
+    warn: Callable[[str], None] = lambda line: None,
 ) -> MergeResult:
+    """Merge as ``cfg`` says into the folder ``out``; ``warn`` hears of inputs that
+    are allowed but probably not meant (the same model twice)."""
     start = time.perf_counter()
     out = Path(out)
     check_output(out, force)
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError("--device cuda was asked for but no CUDA device is available")
     reference, experts = open_models(cfg, allow_pickle)
+    for line in repeated_inputs(cfg, reference, experts):
+        warn(line)
     tokenizer_source = cfg.tokenizer_source or reference.path
     if not tokenizer_source.is_dir():
         raise ModelError(f"tokenizer_source folder not found: {tokenizer_source}")

@@ -17,20 +17,25 @@ import yaml
 
 from methods import COMPAT_MODES, MethodSpec, get_method
 from methods.registry import UnknownMethodError
+from optimizer.config_schema import REQUIRED, Key, one_of, read_section
 from optimizer.errors import ConfigError, suggest
 from optimizer.output_folder import DTYPE_NAMES
 from optimizer.param_forms import TensorSite, check_form, resolve
 
-TOP_KEYS = (
-    "merge_method",
-    "base_model",
-    "models",
-    "parameters",
-    "dtype",
-    "out_dtype",
-    "tokenizer_source",
-    "compat",
-    "seed",
+MERGE_KEYS = (
+    Key("merge_method", ("str",), REQUIRED, "the merge method (mergeopt merge --help lists them)"),
+    Key("base_model", ("str",), None, "the model the experts were fine-tuned from"),
+    Key("models", ("list",), REQUIRED, "the input models: {model: PATH, parameters: {...}}"),
+    Key("parameters", ("mapping",), None, "parameters for every model and global ones"),
+    Key("dtype", ("str",), None, "output dtype", one_of(tuple(DTYPE_NAMES))),
+    Key("out_dtype", ("str",), None, "output dtype (overrides dtype)", one_of(tuple(DTYPE_NAMES))),
+    Key("tokenizer_source", ("str",), None, "model whose tokenizer is copied (default: base)"),
+    Key("compat", ("str",), "paper", "paper | mergekit numerics", one_of(COMPAT_MODES)),
+    Key("seed", ("int",), 0, "seed of random masks"),
+)
+MODEL_KEYS = (
+    Key("model", ("str",), REQUIRED, "model folder"),
+    Key("parameters", ("mapping",), None, "this model's parameters"),
 )
 UNSUPPORTED_KEYS = {
     "slices": "layer slicing (passthrough/frankenmerges) is not supported; list whole models under 'models'",
@@ -52,6 +57,8 @@ class ModelRef:
 
 def read_yaml(path: Path, what: str) -> Any:
     """A YAML file's content, or a ConfigError naming the file."""
+    if path.is_dir():
+        raise ConfigError(f"{what} {path} is a folder, not a YAML file")
     if not path.is_file():
         raise ConfigError(f"{what} not found: {path}")
     try:
@@ -69,12 +76,9 @@ def resolve_model_path(text: str, config_dir: Path | None) -> Path:
     return alt if alt.exists() else p
 
 
-def parse_dtype(value: Any, key: str) -> torch.dtype | None:
-    if value is None:
-        return None
-    if value not in DTYPE_NAMES:
-        raise ConfigError(f"{key}: unknown dtype {value!r}; use one of float32, float16, bfloat16")
-    return DTYPE_NAMES[value]
+def parse_dtype(value: str | None) -> torch.dtype | None:
+    """A dtype name the schema has checked (``one_of(DTYPE_NAMES)``) as a torch dtype."""
+    return None if value is None else DTYPE_NAMES[value]
 
 
 @dataclass
@@ -143,63 +147,39 @@ class MergeConfig:
     @classmethod
     def from_dict(cls, raw: Any, source: Path | None = None) -> MergeConfig:
         where = str(source) if source else "merge config"
-        if not isinstance(raw, Mapping):
-            raise ConfigError(f"{where}: expected a mapping with merge_method, models, ...")
-        for key in raw:
-            if key in UNSUPPORTED_KEYS:
-                raise ConfigError(f"{where}: '{key}': {UNSUPPORTED_KEYS[key]}")
-            if key not in TOP_KEYS:
-                raise ConfigError(
-                    f"{where}: unknown key {key!r}.{suggest(str(key), TOP_KEYS)} "
-                    f"Known keys: {', '.join(TOP_KEYS)}"
-                )
-        if "merge_method" not in raw:
-            raise ConfigError(f"{where}: 'merge_method' is required")
+        if isinstance(raw, Mapping):
+            for key in raw:
+                if key in UNSUPPORTED_KEYS:
+                    raise ConfigError(f"{where}: '{key}': {UNSUPPORTED_KEYS[key]}")
+        top = read_section(raw, MERGE_KEYS, where, "with merge_method, models, ...")
         try:
-            method = get_method(str(raw["merge_method"]))
+            method = get_method(top["merge_method"])
         except UnknownMethodError as e:
             raise ConfigError(f"{where}: merge_method: {e}") from None
-        compat = raw.get("compat", "paper")
-        if compat not in COMPAT_MODES:
-            raise ConfigError(
-                f"{where}: compat must be one of {', '.join(COMPAT_MODES)}, got {compat!r}"
-            )
-        seed = raw.get("seed", 0)
-        if isinstance(seed, bool) or not isinstance(seed, int):
-            raise ConfigError(f"{where}: seed must be an integer, got {seed!r}")
+        compat, seed = top["compat"], top["seed"]
         config_dir = source.parent if source else None
 
-        params = raw.get("parameters") or {}
-        if not isinstance(params, Mapping):
-            raise ConfigError(f"{where}: 'parameters' must be a mapping of name: value")
+        params = top["parameters"] or {}
         check_params(method, params, f"{where}: parameters", allow_global=True)
 
-        entries = raw.get("models")
-        if not isinstance(entries, list) or not entries:
+        if not top["models"]:
             raise ConfigError(f"{where}: 'models' must be a non-empty list of {{model: PATH}}")
         models: list[ModelRef] = []
-        for i, entry in enumerate(entries):
-            if isinstance(entry, str):
-                entry = {"model": entry}
-            if not isinstance(entry, Mapping) or "model" not in entry:
-                raise ConfigError(f"{where}: models[{i}] needs a 'model' path")
-            extra = set(entry) - {"model", "parameters"}
-            if extra:
-                key = sorted(extra)[0]
-                raise ConfigError(
-                    f"{where}: models[{i}]: unknown key {key!r}."
-                    f"{suggest(key, ('model', 'parameters'))}"
-                )
-            mparams = entry.get("parameters") or {}
-            if not isinstance(mparams, Mapping):
-                raise ConfigError(f"{where}: models[{i}].parameters must be a mapping")
+        for i, entry in enumerate(top["models"]):
+            entry = read_section(
+                {"model": entry} if isinstance(entry, str) else entry,
+                MODEL_KEYS,
+                f"{where}: models[{i}]",
+                "{model: PATH, parameters: {...}}",
+            )
+            mparams = entry["parameters"] or {}
             check_params(method, mparams, f"{where}: models[{i}].parameters", allow_global=False)
-            label = str(entry["model"])
+            label = entry["model"]
             models.append(ModelRef(resolve_model_path(label, config_dir), label, dict(mparams)))
 
         base = None
-        if raw.get("base_model") is not None:
-            label = str(raw["base_model"])
+        if top["base_model"] is not None:
+            label = top["base_model"]
             base = ModelRef(resolve_model_path(label, config_dir), label, {})
         if "beta" in _all_keys(params, models) and "density" in _all_keys(params, models):
             if method.name.startswith("breadcrumbs"):
@@ -209,10 +189,10 @@ class MergeConfig:
                 )
 
         reference, experts, ref_is_input = _arrange(method, base, models, where)
-        tok = raw.get("tokenizer_source")
+        tok = top["tokenizer_source"]
         tokenizer_source = None
         if tok is not None and tok != "base":
-            tokenizer_source = resolve_model_path(str(tok), config_dir)
+            tokenizer_source = resolve_model_path(tok, config_dir)
         return cls(
             method=method,
             reference=reference,
@@ -220,8 +200,8 @@ class MergeConfig:
             parameters=dict(params),
             base=base,
             reference_is_input=ref_is_input,
-            dtype=parse_dtype(raw.get("dtype"), f"{where}: dtype"),
-            out_dtype=parse_dtype(raw.get("out_dtype"), f"{where}: out_dtype"),
+            dtype=parse_dtype(top["dtype"]),
+            out_dtype=parse_dtype(top["out_dtype"]),
             tokenizer_source=tokenizer_source,
             compat=compat,
             seed=seed,

@@ -106,6 +106,9 @@ def importances(study, trials) -> tuple[dict[str, float], str]:
 
 
 def write_report(study, out: Path) -> Path:
+    from optimizer.output_folder import check_output
+
+    check_output(out, force=True)  # a folder (new or not), in a writable place
     out.mkdir(parents=True, exist_ok=True)
     trials = study.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     counts = study.counts()

@@ -37,7 +37,7 @@ from methods.launch import KernelCall, launch
 from methods.magnitudes import MagnitudeOrder
 from methods.masks import PackedRanks, packable, row_ranks_packed
 from optimizer.checkpoint import Checkpoint, check_compatible
-from optimizer.errors import ModelError
+from optimizer.errors import ConfigError, ModelError
 from optimizer.merge import NOT_FINITE, MergeError, apply_method
 from optimizer.merge_config import MergeConfig
 from optimizer.param_forms import TensorSite
@@ -286,7 +286,7 @@ class ResidentMerger:
         start = time.perf_counter()
         n_experts = len(self.deltas)
         if len(cfg.experts) != n_experts:
-            raise MergeError(
+            raise ConfigError(
                 f"the candidate has {len(cfg.experts)} experts, the resident model {n_experts}"
             )
         self._pending = []

@@ -19,6 +19,7 @@ from typing import Any
 
 from methods import METHODS, MethodSpec, ParamSpec, get_method
 from methods.registry import UnknownMethodError
+from optimizer.config_schema import Key, check_value, read_section
 from optimizer.errors import ConfigError, suggest
 
 EPS_FRAC = "epsilon_frac"
@@ -48,21 +49,27 @@ def allowed_methods(n_experts: int) -> list[str]:
     return out
 
 
+OVERRIDE_KEYS = (
+    Key("low", ("number",), None, "lower end of the searched range"),
+    Key("high", ("number",), None, "upper end of the searched range"),
+    Key("log", ("bool",), False, "search on a log scale"),
+    Key("value", ("number", "bool"), None, "a fixed value (not searched)"),
+)
+RANGE_END = Key("low, high", ("number",))
+
+
 def parse_override(key: str, value: Any) -> Override:
+    """``{low, high, log}`` or ``[low, high]`` (a range), else a fixed value."""
+    where = f"search_space.{key}"
     if isinstance(value, Mapping):
-        extra = set(value) - {"low", "high", "log", "value"}
-        if extra:
-            raise ConfigError(
-                f"search_space.{key}: unknown key(s) {sorted(extra)}; use low, high, log "
-                "or value (a fixed value)"
-            )
-        if "value" in value:
-            return Override(fixed=value["value"])
-        return Override(value.get("low"), value.get("high"), bool(value.get("log", False)))
+        ov = read_section(value, OVERRIDE_KEYS, where, "low, high, log or value")
+        if ov["value"] is not None:
+            return Override(fixed=ov["value"])
+        return Override(ov["low"], ov["high"], ov["log"])
     if isinstance(value, list):
         if len(value) != 2:
-            raise ConfigError(f"search_space.{key}: a range is [low, high], got {value!r}")
-        return Override(value[0], value[1])
+            raise ConfigError(f"{where}: a range is [low, high], got {value!r}")
+        return Override(*(check_value(RANGE_END, v, where) for v in value))
     return Override(fixed=value)
 
 
@@ -369,26 +376,32 @@ class SearchSpace:
         return out
 
     def seed_trials(self) -> list[tuple[str, dict[str, Any]]]:
-        """Known-good starting points: each method's seed, each expert alone, the base."""
-        seeds = []
-        for m in self.methods:
-            for point in m.seed_points:
-                seeds.append((f"{m.name} seed point", self._fill(m, point)))
+        """Known-good starting points: the base, each expert alone, each method's seed.
+
+        The references come first, so that even a short run can show the best
+        merge beside the base and each expert.
+        """
+        refs = []
         ta = next((m for m in self.methods if m.name == "task_arithmetic"), None)
         lin = next((m for m in self.methods if m.name == "linear"), None)
+        if ta is not None:
+            refs.append(
+                ("base", self._fill(ta, {"lambda": 1.0}, {"weight": [0.0] * self.n_experts}))
+            )
         for i in range(self.n_experts):
             one_hot = [1.0 if j == i else 0.0 for j in range(self.n_experts)]
             if ta is not None:
-                seeds.append(
+                refs.append(
                     (f"expert {i} alone", self._fill(ta, {"lambda": 1.0}, {"weight": one_hot}))
                 )
             elif lin is not None:
-                seeds.append((f"expert {i} alone", self._fill(lin, {}, {"weight": one_hot})))
-        if ta is not None:
-            seeds.append(
-                ("base", self._fill(ta, {"lambda": 1.0}, {"weight": [0.0] * self.n_experts}))
-            )
-        return seeds
+                refs.append((f"expert {i} alone", self._fill(lin, {}, {"weight": one_hot})))
+        points = [
+            (f"{m.name} seed point", self._fill(m, point))
+            for m in self.methods
+            for point in m.seed_points
+        ]
+        return refs + points
 
     def describe(self) -> dict[str, Any]:
         """A stable description, stored with the study to refuse mixing spaces."""

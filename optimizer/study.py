@@ -14,14 +14,15 @@ seeds are enqueued once; the trial itself runs unlocked, heartbeating.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
 import os
-import signal
 import socket
 import time
 import warnings
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,16 +31,18 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from optimizer.checkpoint import Checkpoint, check_compatible
+from optimizer.checkpoint import Checkpoint, check_compatible, identical_weights
 from optimizer.errors import ConfigError, MergeoptError
 from optimizer.evaluate import Evaluator, TaskObjective
 from optimizer.heartbeat import TrialHeartbeat, beat, seconds_since_beat
+from optimizer.interrupts import Interrupts
 from optimizer.merge_config import MergeConfig
+from optimizer.resources import builtin_tasks
 from optimizer.search_space import SearchSpace, allowed_methods
 from optimizer.storage import mask_url, open_storage
 from optimizer.study_config import StudyConfig
 from optimizer.study_lock import study_lock
-from optimizer.tasks import BUILTIN_TASKS, index_tasks, resolve_task, task_config
+from optimizer.tasks import index_tasks, resolve_task, task_config
 
 HOST = socket.gethostname()
 SEEDED = "mergeopt:seeded"
@@ -55,11 +58,53 @@ warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning
 
 
 class CandidateFailed(Exception):
-    """One candidate could not be merged or scored: its trial fails, the study goes on."""
+    """One candidate could not be merged or scored: its trial fails, the study goes on.
+
+    ``config_fault``: the failure comes from the study's config, not from this
+    candidate's values, so every candidate would fail the same way.
+    """
+
+    def __init__(self, why: str, config_fault: bool = False) -> None:
+        super().__init__(why)
+        self.config_fault = config_fault
+
+
+@dataclass
+class FailureStreak:
+    """Consecutive failed trials of one run, to stop a study that cannot succeed."""
+
+    limit: int
+    trials: list[tuple[int, str]] = field(default_factory=list)
+    config_fault: bool = False
+
+    def add(self, trial: FrozenTrial, config_fault: bool) -> bool:
+        """Count a finished trial; True once the run must stop."""
+        if trial.state != TrialState.FAIL:
+            self.trials.clear()
+            return False
+        self.trials.append((trial.number, trial.user_attrs.get("fail_reason", "unknown")))
+        self.config_fault = config_fault
+        return config_fault or len(self.trials) >= self.limit
+
+    def message(self) -> str:
+        reasons = Counter(reason for _, reason in self.trials)
+        reason, count = reasons.most_common(1)[0]
+        numbers = ", ".join(str(n) for n, _ in self.trials)
+        if self.config_fault:
+            return (
+                f"stopped: trial {numbers} failed because of the study's config, and every "
+                f"trial would: {reason}. Fix the study file and run again."
+            )
+        return (
+            f"stopped after {len(self.trials)} consecutive failed trials ({numbers}); "
+            f"the most common reason ({count} of them): {reason}. The failed trials stay "
+            "recorded; fix the cause (models, parameters, tasks) and run again "
+            "(max_consecutive_failures in the study file sets the limit)."
+        )
 
 
 def objectives_for(cfg: StudyConfig) -> list[TaskObjective]:
-    index = index_tasks([BUILTIN_TASKS, *cfg.include_paths])
+    index = index_tasks([builtin_tasks(), *cfg.include_paths])
     out = []
     for t in cfg.tasks:
         folder = cfg.source.parent
@@ -81,8 +126,21 @@ def model_files(paths: list[Path]) -> dict[str, list]:
     return out
 
 
-def make_sampler(cfg: StudyConfig, space: SearchSpace) -> optuna.samplers.BaseSampler:
-    seed = cfg.sampler_seed
+def trial_seed(sampler_seed: int, n_trials: int) -> int:
+    """The sampler's seed for the study's next trial (``n_trials`` exist already).
+
+    One seed per trial number, not per process: workers sharing a study with
+    one seed would draw the very same candidates, and a resumed run draws what
+    an uninterrupted one would have.
+    """
+    digest = hashlib.blake2b(f"{sampler_seed}:{n_trials}".encode(), digest_size=4).digest()
+    return int.from_bytes(digest, "big")
+
+
+def make_sampler(
+    cfg: StudyConfig, space: SearchSpace, seed: int | None = None
+) -> optuna.samplers.BaseSampler:
+    seed = cfg.sampler_seed if seed is None else seed
     if cfg.sampler == "tpe":
         return optuna.samplers.TPESampler(
             seed=seed, multivariate=True, group=True, constant_liar=True
@@ -105,6 +163,30 @@ def make_sampler(cfg: StudyConfig, space: SearchSpace) -> optuna.samplers.BaseSa
     return optuna.samplers.RandomSampler(seed=seed)
 
 
+def short_labels(labels: list[str]) -> list[str]:
+    """Each model's folder name where those are unique (tables stay narrow), else as given."""
+    names = [Path(label).name or label for label in labels]
+    return names if len(set(names)) == len(names) else list(labels)
+
+
+def refuse_identical(cfg: StudyConfig, checkpoints: list[Checkpoint]) -> None:
+    """No expert may repeat another input's weights: the study would search a
+    weight per copy (or a zero task vector, for a copy of the base)."""
+    names = [f"base_model ({cfg.raw.get('base_model')})"] + [
+        f"expert {label}" for label in cfg.labels
+    ]
+    for i, j in identical_weights(checkpoints):
+        if i == 0:
+            raise ConfigError(
+                f"{cfg.source}: {names[j]} holds the same weights as the {names[0]}: its "
+                "task vector is zero. Remove it from models."
+            )
+        raise ConfigError(
+            f"{cfg.source}: {names[i]} and {names[j]} hold byte-identical weights; list each "
+            "expert once"
+        )
+
+
 def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -122,6 +204,8 @@ class RunSummary:
     ran_this_run: int
     interrupted: bool = False
     timed_out: bool = False
+    # set when the run stopped because trials kept failing
+    failing: FailureStreak | None = None
     # this worker recorded the trial that completed the budget, or found the
     # budget already reached when it started: it scores held-out splits and
     # exports, the others do not (a worker that ran nothing because the others
@@ -141,13 +225,14 @@ class Study:
         base = Checkpoint(cfg.base_model, cfg.allow_pickle)
         experts = [Checkpoint(p, cfg.allow_pickle) for p in cfg.models]
         check_compatible(base, experts)
+        refuse_identical(cfg, [base, *experts])
         if base.config.get("auto_map") and not cfg.trust_remote_code:
             raise ConfigError(
                 f"{cfg.base_model} needs its own Python code (auto_map in config.json); "
                 "mergeopt runs no remote code unless the study file sets "
                 "trust_remote_code: true"
             )
-        methods = cfg.methods or allowed_methods(len(cfg.models))
+        methods = cfg.methods if cfg.methods is not None else allowed_methods(len(cfg.models))
         self.space = SearchSpace(
             methods,
             len(cfg.models),
@@ -172,6 +257,8 @@ class Study:
             )
             self._check_fingerprint()
         self.merger = None
+        # active only inside run(): a signal then stops the worker between writes
+        self.interrupts = Interrupts()
 
     # -- identity ----------------------------------------------------------------
 
@@ -273,19 +360,43 @@ class Study:
             )
             for t in running:
                 reason = self.dead_reason(t, now)
-                if reason is None:
-                    continue
-                try:
-                    self.storage.set_trial_user_attr(t._trial_id, "fail_reason", reason)
-                    if not self.storage.set_trial_state_values(t._trial_id, TrialState.FAIL):
-                        continue
-                except Exception:  # noqa: BLE001 - finished meanwhile by its worker
-                    continue
-                params = t.params or t.system_attrs.get("fixed_params")
-                if params:
-                    self.study.enqueue_trial(params, user_attrs={"retry_of": t.number})
-                recovered += 1
+                if reason is not None:
+                    recovered += self._fail_and_retry(t, reason)
         return recovered
+
+    def _fail_and_retry(self, t: FrozenTrial, reason: str) -> bool:
+        """Fail RUNNING trial ``t`` and queue its parameters again, exactly once.
+
+        Under the lock. Whichever worker notices first does it; any later one
+        (another worker, a second recovery path) finds the trial finished, and
+        a retry already queued for it is never queued twice.
+        """
+        with self.lock.held():
+            try:
+                self.storage.set_trial_user_attr(t._trial_id, "fail_reason", reason)
+                if not self.storage.set_trial_state_values(t._trial_id, TrialState.FAIL):
+                    return False
+            except Exception:  # noqa: BLE001 - finished meanwhile by its worker
+                return False
+            params = t.params or t.system_attrs.get("fixed_params")
+            queued = any(
+                x.user_attrs.get("retry_of") == t.number
+                for x in self.storage.get_all_trials(self.study._study_id, deepcopy=False)
+            )
+            if params and not queued:
+                self.study.enqueue_trial(params, user_attrs={"retry_of": t.number})
+            return True
+
+    def _fail_own_running(self, reason: str) -> None:
+        """Fail and queue again every RUNNING trial this process claimed (after an
+        interrupt, wherever it landed: nothing is left RUNNING that nothing runs)."""
+        with self.lock.held():
+            for t in self.storage.get_all_trials(
+                self.study._study_id, deepcopy=False, states=(TrialState.RUNNING,)
+            ):
+                w = t.user_attrs.get("worker") or {}
+                if w.get("host") == HOST and w.get("pid") == os.getpid():
+                    self._fail_and_retry(t, reason)
 
     # -- trials ------------------------------------------------------------------
 
@@ -323,21 +434,26 @@ class Study:
         cand = self.candidate(trial.params)
         trial.set_user_attr("config", cand)
 
-        def fail(why: str) -> None:
+        def fail(why: str, config_fault: bool = False) -> None:
             trial.set_user_attr("fail_reason", why)
-            raise CandidateFailed(why)
+            raise CandidateFailed(why, config_fault)
 
         log.debug("trial %d materialize", trial.number)
         try:
-            materialize = self.merger.materialize(MergeConfig.from_dict(cand))
+            merge_config = MergeConfig.from_dict(cand)
+            with self.interrupts.interruptible():
+                materialize = self.merger.materialize(merge_config)
         except torch.OutOfMemoryError:
             fail("out of memory while materializing the candidate")
+        except ConfigError as e:  # the study's own candidate is invalid: every one will be
+            fail(f"the study's config gives invalid candidates: {e}", config_fault=True)
         except (MergeoptError, ValueError, RuntimeError) as e:
             fail(f"merge failed: {e}")
         t_eval = time.perf_counter()
         log.debug("trial %d evaluate", trial.number)
         try:
-            scores = self.evaluator.score()
+            with self.interrupts.interruptible():
+                scores = self.evaluator.score()
         except torch.OutOfMemoryError:
             fail("out of memory while evaluating the candidate")
         except Exception as e:  # noqa: BLE001 - any evaluation error fails only this trial
@@ -372,7 +488,9 @@ class Study:
 
     def reference_trials(self) -> list[tuple[str, FrozenTrial]]:
         """The completed seed trials that reproduce the base and each expert alone."""
-        names = {f"expert {i} alone": label for i, label in enumerate(self.cfg.labels)}
+        names = {
+            f"expert {i} alone": label for i, label in enumerate(short_labels(self.cfg.labels))
+        }
         names["base"] = "base"
         out = []
         for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
@@ -396,6 +514,10 @@ class Study:
                 return "done"
             if done + self._count(TrialState.RUNNING) >= budget:
                 return "wait"  # the last trials are running elsewhere
+            n = self.storage.get_n_trials(self.study._study_id)
+            self.study.sampler = make_sampler(
+                self.cfg, self.space, trial_seed(self.cfg.sampler_seed, n)
+            )
             trial = self.study.ask()
             trial.set_user_attr("worker", {"host": HOST, "pid": os.getpid()})
             beat(self.storage, trial._trial_id)
@@ -426,20 +548,23 @@ class Study:
             )
         return frozen, completed_budget
 
-    def _run_trial(self, trial: optuna.Trial) -> float | list[float] | None:
-        """Score one claimed trial; a bad candidate or any error fails only this trial."""
+    def _run_trial(self, trial: optuna.Trial) -> tuple[float | list[float] | None, bool]:
+        """Score one claimed trial; a bad candidate or any error fails only this trial.
+
+        Returns the values (None: failed) and whether a failure is the config's fault.
+        """
         with TrialHeartbeat(self.storage, trial._trial_id, self.cfg.heartbeat_interval):
             try:
-                return self._score_trial(trial)
-            except CandidateFailed:
-                return None
+                return self._score_trial(trial), False
+            except CandidateFailed as e:
+                return None, e.config_fault
             except KeyboardInterrupt:
                 trial.set_user_attr("fail_reason", "interrupted")
                 raise
             except Exception as e:  # noqa: BLE001 - a bug or an odd candidate: keep going
                 log.exception("trial %d failed", trial.number)
                 trial.set_user_attr("fail_reason", f"{type(e).__name__}: {e}")
-                return None
+                return None, False
 
     def run(
         self,
@@ -455,66 +580,54 @@ class Study:
         budget = n_trials or self.cfg.n_trials
         timeout = timeout or self.cfg.timeout
         deadline = time.monotonic() + timeout if timeout else None
-        self.enqueue_seeds_once()
-        done_on_arrival = self._count(TrialState.COMPLETE) >= budget
         ran = failed = 0
         summary = RunSummary(0, 0, 0)
-        # Ctrl-C and SIGTERM both stop cleanly; SIGINT is set explicitly because a
-        # process started in the background inherits it ignored.
-        previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-        for s in previous:
-            signal.signal(s, _raise_interrupt)
-        trial = None
-        try:
-            while True:
-                if deadline is not None and time.monotonic() >= deadline:
-                    summary.timed_out = True
-                    break
-                if self._count(TrialState.COMPLETE) >= budget:
-                    break
-                self.load_models()
-                if deadline is not None and time.monotonic() >= deadline:
-                    summary.timed_out = True  # loading the models used it up
-                    break
-                trial = self._claim(budget)
-                if trial == "done":
-                    break
-                if trial == "wait":
-                    time.sleep(min(2.0, self.cfg.heartbeat_interval))
-                    continue
-                values = self._run_trial(trial)
-                frozen, completed_budget = self._record(trial, values, budget)
-                trial = None
-                ran += 1
-                summary.finisher = completed_budget
-                if frozen is None:
-                    continue
-                failed += frozen.state == TrialState.FAIL
-                if on_trial:
-                    on_trial(frozen, self.counts())
-        except KeyboardInterrupt:
-            summary.interrupted = True
-            if isinstance(trial, optuna.Trial):
-                self._retry_interrupted(trial)
-        finally:
-            for s, handler in previous.items():
-                signal.signal(s, handler)
+        streak = FailureStreak(self.cfg.max_consecutive_failures)
+        done_on_arrival = False
+        with Interrupts() as self.interrupts:
+            try:
+                self.enqueue_seeds_once()
+                done_on_arrival = self._count(TrialState.COMPLETE) >= budget
+                while True:
+                    self.interrupts.check()  # a signal that came while recording
+                    if deadline is not None and time.monotonic() >= deadline:
+                        summary.timed_out = True
+                        break
+                    if self._count(TrialState.COMPLETE) >= budget:
+                        break
+                    with self.interrupts.interruptible():
+                        self.load_models()
+                    if deadline is not None and time.monotonic() >= deadline:
+                        summary.timed_out = True  # loading the models used it up
+                        break
+                    trial = self._claim(budget)
+                    if trial == "done":
+                        break
+                    if trial == "wait":
+                        with self.interrupts.interruptible():
+                            time.sleep(min(2.0, self.cfg.heartbeat_interval))
+                        continue
+                    values, config_fault = self._run_trial(trial)
+                    frozen, completed_budget = self._record(trial, values, budget)
+                    ran += 1
+                    summary.finisher = completed_budget
+                    if frozen is None:
+                        continue
+                    failed += frozen.state == TrialState.FAIL
+                    if on_trial:
+                        on_trial(frozen, self.counts())
+                    if streak.add(frozen, config_fault):
+                        summary.failing = streak
+                        break
+                self.interrupts.check()
+            except KeyboardInterrupt:
+                summary.interrupted = True
+                self._fail_own_running("interrupted")
         summary.completed = self._count(TrialState.COMPLETE)
         summary.ran_this_run, summary.failed_this_run = ran, failed
         summary.finisher = summary.finisher or done_on_arrival
         summary.best = self.best_trials()
         return summary
-
-    def _retry_interrupted(self, trial: optuna.Trial) -> None:
-        """A trial cut short by Ctrl-C is failed and its parameters queued again."""
-        with self.lock.held():
-            self.storage.set_trial_user_attr(trial._trial_id, "fail_reason", "interrupted")
-            try:
-                self.study.tell(trial, state=TrialState.FAIL)
-            except Exception:  # noqa: BLE001 - already finished
-                return
-            if trial.params:
-                self.study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
 
     # -- held-out ----------------------------------------------------------------
 
@@ -532,7 +645,3 @@ class Study:
         for t in todo:
             self.merger.materialize(MergeConfig.from_dict(t.user_attrs["config"]))
             self.study.set_user_attr(f"{HELDOUT}{t.number}", self.evaluator.score(heldout=True))
-
-
-def _raise_interrupt(signum, frame) -> None:
-    raise KeyboardInterrupt

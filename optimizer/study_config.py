@@ -1,6 +1,7 @@
 """The study file: what to merge, what to search, how to score, where to store.
 
 Everything is validated before a model is loaded, with the key at fault named.
+The keys, their types and defaults are declared once, in the tables below.
 """
 
 from __future__ import annotations
@@ -12,44 +13,79 @@ from pathlib import Path
 from typing import Any
 
 from methods import COMPAT_MODES
-from optimizer.errors import ConfigError, suggest
+from optimizer.config_schema import REQUIRED, Key, at_least, one_of, positive, read_section
+from optimizer.errors import ConfigError
 from optimizer.merge_config import read_yaml, resolve_model_path
 from optimizer.output_folder import DTYPE_NAMES
 
-TOP_KEYS = (
-    "study",
-    "storage",
-    "base_model",
-    "models",
-    "methods",
-    "search_space",
-    "granularity",
-    "objective",
-    "sampler",
-    "n_trials",
-    "timeout",
-    "device",
-    "dtype",
-    "compat",
-    "seed",
-    "export",
-    "heartbeat_interval",
-    "cache_ranks",
-    "compile_kernels",
-    "allow_pickle",
-    "trust_remote_code",
+SAMPLERS = ("tpe", "cmaes", "nsga2", "gp", "random")
+
+
+def _study_name(name: str) -> str | None:
+    if re.fullmatch(r"[A-Za-z0-9_.-]+", name):
+        return None
+    return f"{name!r} may use letters, digits, '_', '.', '-'"
+
+
+def _device(device: str) -> str | None:
+    if device in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:\d+", device):
+        return None
+    return f"must be auto, cpu, cuda or cuda:N, got {device!r}"
+
+
+STUDY_KEYS = (
+    Key("study", ("str",), REQUIRED, "the study's name in its storage", _study_name),
+    Key("storage", ("str",), None, "storage URL (default: sqlite:///<study>.db beside the file)"),
+    Key("base_model", ("str",), REQUIRED, "folder of the model the experts were tuned from"),
+    Key("models", ("list",), REQUIRED, "the expert model folders"),
+    Key("methods", ("strings",), None, "merge methods to search (default: all that fit)"),
+    Key("search_space", ("mapping",), None, "METHOD.PARAMETER: range or fixed value"),
+    Key("granularity", ("mapping",), None, "layer_group_size and filters"),
+    Key("objective", ("mapping",), REQUIRED, "tasks and how to score them"),
+    Key("sampler", ("str", "mapping"), "tpe", "tpe | cmaes | nsga2 | gp | random, or {name, seed}"),
+    Key("n_trials", ("int",), REQUIRED, "completed trials for the whole study", at_least(1)),
+    Key("timeout", ("number",), None, "seconds after which this worker starts no trial", positive),
+    Key("device", ("str",), "auto", "auto | cpu | cuda | cuda:N", _device),
+    Key("dtype", ("str",), "float32", "dtype of exported merges", one_of(tuple(DTYPE_NAMES))),
+    Key("compat", ("str",), "paper", "paper | mergekit numerics", one_of(COMPAT_MODES)),
+    Key("seed", ("int",), 0, "seed of random masks (and the sampler's by default)"),
+    Key("export", ("str",), None, "folder for the best merge (default: <study>-best)"),
+    Key("heartbeat_interval", ("int",), 10, "seconds between a trial's heartbeats", at_least(1)),
+    Key(
+        "max_consecutive_failures",
+        ("int",),
+        5,
+        "a worker stops after this many failed trials in a row",
+        at_least(1),
+    ),
+    Key("cache_ranks", ("bool",), True, "keep row ranks / magnitude orders between trials"),
+    Key("compile_kernels", ("bool",), True, "fuse each candidate's math with torch.compile"),
+    Key("allow_pickle", ("bool",), False, "allow .bin/.pt checkpoints (unpickling runs code)"),
+    Key("trust_remote_code", ("bool",), False, "allow models that ship their own code"),
 )
 OBJECTIVE_KEYS = (
-    "tasks",
-    "include_paths",
-    "num_fewshot",
-    "batch_size",
-    "limit",
-    "multi_objective",
+    Key("tasks", ("list",), REQUIRED, "the scored tasks"),
+    Key("include_paths", ("strings",), None, "folders with task YAMLs (eval_tasks/ is built in)"),
+    Key("num_fewshot", ("int",), None, "few-shot examples per prompt", at_least(0)),
+    Key("batch_size", ("int",), 16, "lm-eval batch size", at_least(1)),
+    Key("limit", ("int",), None, "examples per task per trial", at_least(1)),
+    Key("multi_objective", ("bool",), False, "one objective per task (Pareto front)"),
 )
-TASK_KEYS = ("task", "metric", "weight", "heldout")
-SAMPLERS = ("tpe", "cmaes", "nsga2", "gp", "random")
-GRANULARITY_KEYS = ("layer_group_size", "filters")
+TASK_KEYS = (
+    Key("task", ("str",), REQUIRED, "task name or YAML path"),
+    Key("metric", ("str",), "acc", "the metric scored"),
+    Key("weight", ("number",), 1.0, "weight in the objective's mean", positive),
+    Key("heldout", ("str",), None, "task scored only for the best trials"),
+)
+GRANULARITY_KEYS = (
+    Key("layer_group_size", ("int",), 0, "layers per searched value (0: one for all)", at_least(0)),
+    Key("filters", ("strings",), None, "tensor-name substrings searched apart (self_attn, mlp)"),
+)
+SAMPLER_KEYS = (
+    Key("name", ("str",), "tpe", "the sampler", one_of(SAMPLERS)),
+    Key("seed", ("int",), None, "the sampler's seed (default: the study's seed)"),
+)
+MODEL_KEYS = (Key("model", ("str",), REQUIRED, "model folder"),)
 
 
 @dataclass(frozen=True)
@@ -89,12 +125,15 @@ class StudyConfig:
     storage: str
     heartbeat_interval: int
     cache_ranks: bool
+    max_consecutive_failures: int = 5
     # fuse each candidate's elementwise math with torch.compile on the CPU
     compile_kernels: bool = True
     # unpickling and a model's own Python code can run anything: off unless asked
     allow_pickle: bool = False
     trust_remote_code: bool = False
     raw: dict[str, Any] = field(default_factory=dict)
+    # what was adjusted in the user's config, said once when a run starts
+    notes: list[str] = field(default_factory=list)
 
     @classmethod
     def from_yaml(cls, path: str | Path, storage: str | None = None) -> StudyConfig:
@@ -104,164 +143,111 @@ class StudyConfig:
     @classmethod
     def from_dict(cls, raw: Any, source: Path, storage: str | None = None) -> StudyConfig:
         where = str(source)
-        if not isinstance(raw, Mapping):
-            raise ConfigError(
-                f"{where}: expected a mapping (study, base_model, models, objective, ...)"
-            )
-        _check_keys(raw, TOP_KEYS, where)
+        top = read_section(raw, STUDY_KEYS, where, "study, base_model, models, objective, ...")
         folder = source.parent
-
-        def need(key: str) -> Any:
-            if raw.get(key) is None:
-                raise ConfigError(f"{where}: '{key}' is required")
-            return raw[key]
-
-        name = str(need("study"))
-        if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
-            raise ConfigError(
-                f"{where}: study name {name!r} may use letters, digits, '_', '.', '-'"
-            )
-        base = resolve_model_path(str(need("base_model")), folder)
-        entries = need("models")
-        if not isinstance(entries, list) or not entries:
+        name = top["study"]
+        base = resolve_model_path(top["base_model"], folder)
+        if not top["models"]:
             raise ConfigError(f"{where}: 'models' must list the expert model folders")
-        models, labels = [], []
-        for i, e in enumerate(entries):
+        models, labels, notes = [], [], []
+        seen: dict[Path, tuple[int, str]] = {}
+        for i, e in enumerate(top["models"]):
             if isinstance(e, Mapping):
-                _check_keys(e, ("model",), f"{where}: models[{i}]")
-                e = e.get("model")
+                e = read_section(e, MODEL_KEYS, f"{where}: models[{i}]")["model"]
             if not isinstance(e, str):
                 raise ConfigError(f"{where}: models[{i}] must be a model folder path")
-            models.append(resolve_model_path(e, folder))
+            path = resolve_model_path(e, folder)
+            if _same_folder(path, base):
+                # as in a one-shot merge: task vectors start at the base, which adds none
+                notes.append(f"models[{i}] ({e}) is the base model; it is left out of the experts")
+                continue
+            if _key(path) in seen:
+                j, first = seen[_key(path)]
+                raise ConfigError(
+                    f"{where}: models[{j}] ({first}) and models[{i}] ({e}) are the same "
+                    "model folder; list each expert once"
+                )
+            seen[_key(path)] = (i, e)
+            models.append(path)
             labels.append(e)
+        if not models:
+            raise ConfigError(f"{where}: 'models' lists no expert besides the base model")
 
-        methods = raw.get("methods")
-        if methods is not None and (
-            not isinstance(methods, list) or not all(isinstance(m, str) for m in methods)
-        ):
-            raise ConfigError(f"{where}: 'methods' must be a list of method names")
-        space = raw.get("search_space") or {}
-        if not isinstance(space, Mapping):
-            raise ConfigError(f"{where}: 'search_space' maps METHOD.PARAMETER to a range or value")
-
-        gran = raw.get("granularity") or {}
-        if not isinstance(gran, Mapping):
-            raise ConfigError(f"{where}: 'granularity' must be a mapping")
-        _check_keys(gran, GRANULARITY_KEYS, f"{where}: granularity")
-        group = _int(gran.get("layer_group_size", 0), f"{where}: granularity.layer_group_size", 0)
-        filters = gran.get("filters") or []
-        if not isinstance(filters, list) or not all(isinstance(f, str) and f for f in filters):
-            raise ConfigError(
-                f"{where}: granularity.filters must be substrings like self_attn, mlp"
-            )
-
-        obj = need("objective")
-        if not isinstance(obj, Mapping):
-            raise ConfigError(f"{where}: 'objective' must be a mapping with 'tasks'")
-        _check_keys(obj, OBJECTIVE_KEYS, f"{where}: objective")
-        task_entries = obj.get("tasks")
-        if not isinstance(task_entries, list) or not task_entries:
+        gran = read_section(top["granularity"] or {}, GRANULARITY_KEYS, f"{where}: granularity")
+        obj = read_section(top["objective"], OBJECTIVE_KEYS, f"{where}: objective", "with 'tasks'")
+        if not obj["tasks"]:
             raise ConfigError(f"{where}: objective.tasks must list at least one task")
         tasks = []
-        for i, t in enumerate(task_entries):
-            if isinstance(t, str):
-                t = {"task": t}
-            if not isinstance(t, Mapping) or "task" not in t:
-                raise ConfigError(f"{where}: objective.tasks[{i}] needs a 'task'")
-            _check_keys(t, TASK_KEYS, f"{where}: objective.tasks[{i}]")
-            weight = t.get("weight", 1.0)
-            if isinstance(weight, bool) or not isinstance(weight, (int, float)) or weight <= 0:
-                raise ConfigError(f"{where}: objective.tasks[{i}].weight must be a positive number")
-            tasks.append(
-                TaskSpec(
-                    str(t["task"]), str(t.get("metric", "acc")), float(weight), t.get("heldout")
-                )
+        for i, t in enumerate(obj["tasks"]):
+            t = read_section(
+                {"task": t} if isinstance(t, str) else t,
+                TASK_KEYS,
+                f"{where}: objective.tasks[{i}]",
+                "task, metric, weight, heldout",
             )
+            tasks.append(TaskSpec(t["task"], t["metric"], float(t["weight"]), t["heldout"]))
         includes = [
             p if p.is_absolute() else (folder / p)
-            for p in (Path(x).expanduser() for x in (obj.get("include_paths") or []))
+            for p in (Path(x).expanduser() for x in (obj["include_paths"] or []))
         ]
-        limit = obj.get("limit")
-        if limit is not None:
-            limit = _int(limit, f"{where}: objective.limit", 1)
 
-        sampler = raw.get("sampler", "tpe")
-        sampler_seed = int(raw.get("seed", 0))
-        if isinstance(sampler, Mapping):
-            _check_keys(sampler, ("name", "seed"), f"{where}: sampler")
-            sampler_seed = int(sampler.get("seed", sampler_seed))
-            sampler = sampler.get("name", "tpe")
-        if sampler not in SAMPLERS:
+        sampler = top["sampler"]
+        if isinstance(sampler, str):
+            sampler = {"name": sampler}
+        sampler = read_section(sampler, SAMPLER_KEYS, f"{where}: sampler")
+        sampler_seed = top["seed"] if sampler["seed"] is None else sampler["seed"]
+        multi = obj["multi_objective"]
+        if multi and sampler["name"] in ("cmaes", "gp"):
             raise ConfigError(
-                f"{where}: unknown sampler {sampler!r}.{suggest(str(sampler), SAMPLERS)} "
-                f"Use one of {', '.join(SAMPLERS)}"
+                f"{where}: sampler {sampler['name']} handles one objective; use nsga2 or tpe"
             )
-        multi = bool(obj.get("multi_objective", False))
-        if multi and sampler in ("cmaes", "gp"):
-            raise ConfigError(f"{where}: sampler {sampler} handles one objective; use nsga2 or tpe")
-
-        n_trials = _int(need("n_trials"), f"{where}: n_trials", 1)
-        timeout = raw.get("timeout")
-        if timeout is not None and (not isinstance(timeout, (int, float)) or timeout <= 0):
-            raise ConfigError(f"{where}: timeout must be a positive number of seconds")
-        compat = raw.get("compat", "paper")
-        if compat not in COMPAT_MODES:
-            raise ConfigError(f"{where}: compat must be one of {', '.join(COMPAT_MODES)}")
-        dtype = raw.get("dtype", "float32")
-        if dtype not in DTYPE_NAMES:
-            raise ConfigError(f"{where}: dtype must be float32, float16 or bfloat16")
-        device = str(raw.get("device", "auto"))
-        if device not in ("auto", "cpu", "cuda") and not device.startswith("cuda:"):
-            raise ConfigError(f"{where}: device must be auto, cpu or cuda")
-        export = Path(raw.get("export") or f"{name}-best")
+        timeout = top["timeout"]
+        export = Path(top["export"] or f"{name}-best").expanduser()
         export = export if export.is_absolute() else folder / export
-        url = storage or raw.get("storage") or f"sqlite:///{(folder / (name + '.db')).resolve()}"
+        url = storage or top["storage"] or f"sqlite:///{(folder / (name + '.db')).resolve()}"
         return cls(
             name=name,
             source=source,
             base_model=base,
             models=models,
             labels=labels,
-            methods=methods,
-            search_space=dict(space),
-            layer_group_size=group,
-            filters=list(filters),
+            methods=top["methods"],
+            search_space=dict(top["search_space"] or {}),
+            layer_group_size=gran["layer_group_size"],
+            filters=list(gran["filters"] or []),
             tasks=tasks,
             include_paths=includes,
-            num_fewshot=obj.get("num_fewshot"),
-            batch_size=_int(obj.get("batch_size", 16), f"{where}: objective.batch_size", 1),
-            limit=limit,
+            num_fewshot=obj["num_fewshot"],
+            batch_size=obj["batch_size"],
+            limit=obj["limit"],
             multi_objective=multi,
-            sampler=sampler,
+            sampler=sampler["name"],
             sampler_seed=sampler_seed,
-            n_trials=n_trials,
+            n_trials=top["n_trials"],
             timeout=float(timeout) if timeout is not None else None,
-            device=device,
-            dtype=dtype,
-            compat=compat,
-            seed=int(raw.get("seed", 0)),
+            device=top["device"],
+            dtype=top["dtype"],
+            compat=top["compat"],
+            seed=top["seed"],
             export=export,
             storage=str(url),
-            heartbeat_interval=_int(
-                raw.get("heartbeat_interval", 10), f"{where}: heartbeat_interval", 1
-            ),
-            cache_ranks=bool(raw.get("cache_ranks", True)),
-            compile_kernels=bool(raw.get("compile_kernels", True)),
-            allow_pickle=raw.get("allow_pickle", False) is True,
-            trust_remote_code=raw.get("trust_remote_code", False) is True,
+            heartbeat_interval=top["heartbeat_interval"],
+            max_consecutive_failures=top["max_consecutive_failures"],
+            cache_ranks=top["cache_ranks"],
+            compile_kernels=top["compile_kernels"],
+            allow_pickle=top["allow_pickle"],
+            trust_remote_code=top["trust_remote_code"],
             raw=dict(raw),
+            notes=notes,
         )
 
 
-def _check_keys(mapping: Mapping[str, Any], known: tuple[str, ...], where: str) -> None:
-    for key in mapping:
-        if key not in known:
-            raise ConfigError(
-                f"{where}: unknown key {key!r}.{suggest(str(key), known)} Known keys: {', '.join(known)}"
-            )
+def _key(path: Path) -> Path:
+    try:
+        return path.resolve()
+    except OSError:
+        return path
 
 
-def _int(value: Any, where: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigError(f"{where}: must be an integer >= {minimum}, got {value!r}")
-    return value
+def _same_folder(a: Path, b: Path) -> bool:
+    return _key(a) == _key(b)

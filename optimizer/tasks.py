@@ -21,8 +21,6 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
 
-BUILTIN_TASKS = Path(__file__).resolve().parents[1] / "eval_tasks"
-
 
 def _load_yaml(path: Path) -> dict[str, Any]:
     from lm_eval.tasks._yaml_loader import load_yaml

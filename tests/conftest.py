@@ -3,8 +3,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
-from optimizer.tiny_models import build_tokenizer, perturbed_copy, save_model, tiny_llama
+from tiny_models import build_tokenizer, perturbed_copy, save_model, tiny_llama
 
 WORDS = "the cat sat on a mat dog ran to park one two three four five plus equals".split()
 
@@ -72,3 +71,40 @@ def write_study(folder: Path, zoo: dict[str, Path], **overrides) -> Path:
     path = folder / "study.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path
+
+
+def with_non_finite(
+    src: Path, dst: Path, value: float = float("nan"), count: int = 1
+) -> tuple[Path, str]:
+    """A copy of model folder ``src`` whose first mlp tensor holds ``count`` × ``value``,
+    and that tensor's name."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(src, dst)
+    (weights,) = dst.glob("*.safetensors")
+    state = load_file(weights)
+    name = next(n for n in sorted(state) if "mlp" in n)
+    state[name].view(-1)[:count] = value
+    save_file(state, weights, metadata={"format": "pt"})
+    return dst, name
+
+
+@pytest.fixture
+def read_only_dir(tmp_path):
+    """A folder no one may write in, root included (immutable attribute when root)."""
+    import os
+    import subprocess
+
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    if os.geteuid() == 0:
+        if subprocess.run(["chattr", "+i", str(folder)], capture_output=True).returncode:
+            pytest.skip("running as root without chattr +i: cannot make a read-only folder")
+        yield folder
+        subprocess.run(["chattr", "-i", str(folder)], check=True)
+    else:
+        folder.chmod(0o500)
+        yield folder
+        folder.chmod(0o700)

@@ -7,7 +7,9 @@ import shutil
 from pathlib import Path
 
 import pytest
+from conftest import with_non_finite
 
+from methods import METHODS
 from optimizer.errors import ConfigError, MergeoptError, ModelError, OutputError
 from optimizer.merge import run_merge
 from optimizer.merge_config import MergeConfig
@@ -83,7 +85,7 @@ def test_corrupt_and_truncated_safetensors(tiny_zoo, tmp_path):
 
 
 def test_architecture_and_shape_mismatch(tiny_zoo, tmp_path):
-    from optimizer.tiny_models import build_tokenizer, save_model, tiny_llama
+    from tiny_models import build_tokenizer, save_model, tiny_llama
 
     tok = build_tokenizer("a b".split())
     other = save_model(tiny_llama(len(tok), hidden=16), tok, tmp_path / "other")
@@ -207,3 +209,57 @@ def test_failure_mid_merge_leaves_nothing(tiny_zoo, tmp_path):
         run_merge(MergeConfig.from_dict(cfg), tmp_path / "out")
     assert not (tmp_path / "out").exists()
     assert not list(tmp_path.glob(".out.*"))
+
+
+def _methods_inputs(method: str, bad: Path, zoo) -> list[dict]:
+    """The experts for ``method``: the bad model first (slerp takes one besides the base)."""
+    if method == "slerp":
+        return [{"model": str(bad)}]
+    return [{"model": str(bad)}, {"model": str(zoo["code"])}]
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_a_non_finite_expert_is_refused_by_every_method(tiny_zoo, tmp_path, method, value):
+    bad, tensor = with_non_finite(tiny_zoo["math"], tmp_path / "bad", value, count=3)
+    cfg = cfg_for(tiny_zoo, method=method, models=_methods_inputs(method, bad, tiny_zoo))
+    # no method may trim the NaN away (TIES did) or blame the parameters (task arithmetic did)
+    fails(tmp_path, cfg, ModelError, str(bad), tensor, "3 non-finite value(s)")
+
+
+def test_a_non_finite_base_is_refused(tiny_zoo, tmp_path):
+    bad, tensor = with_non_finite(tiny_zoo["code"], tmp_path / "badbase", float("-inf"))
+    cfg = cfg_for(tiny_zoo, base=False, base_model=str(bad))
+    fails(tmp_path, cfg, ModelError, str(bad), tensor, "1 non-finite value(s)")
+
+
+def test_the_same_model_twice_merges_with_a_warning_naming_both(tiny_zoo, tmp_path, capsys):
+    import yaml
+
+    from optimizer.cli import main
+
+    math_ = str(tiny_zoo["math"])
+    copy = tmp_path / "math-copy"
+    shutil.copytree(tiny_zoo["math"], copy)
+    base_copy = tmp_path / "base-copy"
+    shutil.copytree(tiny_zoo["base"], base_copy)
+    cases = [
+        ([math_, math_], f"model {math_} and model {math_} are the same folder: it counts twice"),
+        ([math_, str(copy)], f"model {math_} and model {copy} hold byte-identical weights"),
+        (
+            [str(base_copy), math_],
+            f"the base {tiny_zoo['base']} and model {base_copy} hold byte-identical "
+            "weights: its task vector is zero",
+        ),
+    ]
+    for i, (models, needle) in enumerate(cases):
+        path = tmp_path / f"m{i}.yaml"
+        path.write_text(yaml.safe_dump(cfg_for(tiny_zoo, models=[{"model": m} for m in models])))
+        assert main(["merge", str(path), "--out", str(tmp_path / f"out{i}")]) == 0
+        err = capsys.readouterr().err
+        assert f"mergeopt: warning: {needle}" in err, err
+        assert (tmp_path / f"out{i}" / "model.safetensors").is_file()  # merged as given
+    path = tmp_path / "distinct.yaml"
+    path.write_text(yaml.safe_dump(cfg_for(tiny_zoo)))
+    assert main(["merge", str(path), "--out", str(tmp_path / "fine")]) == 0
+    assert "warning" not in capsys.readouterr().err  # distinct experts: not a word

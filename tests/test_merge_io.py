@@ -153,7 +153,7 @@ def test_pickle_checkpoint_refused_unless_allowed(tiny_zoo, tmp_path):
 
 
 def test_tied_embeddings_model(tmp_path):
-    from optimizer.tiny_models import build_tokenizer, perturbed_copy, save_model, tiny_llama
+    from tiny_models import build_tokenizer, perturbed_copy, save_model, tiny_llama
 
     tok = build_tokenizer("a b c".split())
     base = tiny_llama(len(tok), tie_word_embeddings=True)

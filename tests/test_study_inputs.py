@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import write_study
+from conftest import with_non_finite, write_study
 from optuna.trial import TrialState
 
 from optimizer.errors import ConfigError, MergeoptError
@@ -66,22 +66,6 @@ def test_task_without_examples_is_refused(study_zoo, tmp_path):
     assert not (tmp_path / "t.db").exists()  # refused before the study was created
 
 
-@pytest.fixture
-def read_only_dir(tmp_path):
-    """A folder no one may write in, root included (immutable attribute when root)."""
-    folder = tmp_path / "ro"
-    folder.mkdir()
-    if os.geteuid() == 0:
-        if subprocess.run(["chattr", "+i", str(folder)], capture_output=True).returncode:
-            pytest.skip("running as root without chattr +i: cannot make a read-only folder")
-        yield folder
-        subprocess.run(["chattr", "-i", str(folder)], check=True)
-    else:
-        folder.chmod(0o500)
-        yield folder
-        folder.chmod(0o700)
-
-
 def test_unwritable_export_folder_is_refused_before_any_trial(study_zoo, tmp_path, read_only_dir):
     from optimizer.cli import main
 
@@ -129,16 +113,42 @@ def test_export_that_runs_out_of_space_leaves_no_half_folder(study_zoo, tmp_path
     assert main(["export", str(path), "--out", str(out)]) == 0  # space back: it works
 
 
-def test_timeout_mid_trial_finishes_that_trial_then_stops(study_zoo, tmp_path, capsys):
-    objective = {"tasks": [{"task": "demo_kinds"}, {"task": "demo_larger"}], "batch_size": 1}
-    path = write_study(tmp_path, study_zoo, n_trials=5, objective=objective)
+class StudyClock:
+    """``time`` as optimizer.study sees it, with a monotonic clock that moves only
+    when a trial is scored: a trial outlives a timeout by construction, however
+    fast or loaded the machine is."""
+
+    def __init__(self, trial_seconds: float) -> None:
+        self.now = 0.0
+        self.trial_seconds = trial_seconds
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def __getattr__(self, name: str):
+        return getattr(time, name)
+
+
+def test_timeout_mid_trial_finishes_that_trial_then_stops(study_zoo, tmp_path, capsys, monkeypatch):
+    import optimizer.study
+
+    path = write_study(tmp_path, study_zoo, n_trials=5)
     study = open_study(path)
-    study.load_models()  # so the timeout covers trials only
+    clock = StudyClock(trial_seconds=1.0)
+    monkeypatch.setattr(optimizer.study, "time", clock)
+    score = study.evaluator.score
+
+    def slow_score(*args, **kwargs):
+        clock.now += clock.trial_seconds  # the deadline passes while the trial is scored
+        return score(*args, **kwargs)
+
+    monkeypatch.setattr(study.evaluator, "score", slow_score)
     summary = study.run(timeout=0.3)
     assert summary.timed_out and summary.completed == 1
     trials = [t for t in study.study.get_trials() if t.state != TrialState.WAITING]
-    assert [t.state for t in trials] == [TrialState.COMPLETE]
-    assert trials[0].duration.total_seconds() > 0.3  # it outlived the timeout and was kept
+    assert [t.state for t in trials] == [TrialState.COMPLETE]  # it outlived the timeout, kept
+    assert clock.now == 1.0  # one trial was scored, none started after the deadline
+    monkeypatch.undo()
 
     from optimizer.cli import main
 
@@ -180,3 +190,98 @@ def test_pickle_experts_and_remote_code_need_an_explicit_yes(study_zoo, tmp_path
     path = write_study(tmp_path, zoo, study="r", n_trials=1)
     with pytest.raises(ConfigError, match="trust_remote_code: true"):
         open_study(path)
+
+
+def _states(path: Path) -> list[TrialState]:
+    return [t.state for t in open_study(path).study.get_trials()]
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_a_non_finite_expert_is_refused_when_the_models_are_read(
+    study_zoo, tmp_path, capsys, value
+):
+    from optimizer.cli import main
+
+    bad, tensor = with_non_finite(study_zoo["e2"], tmp_path / "bad", value, count=2)
+    path = write_study(tmp_path, {**study_zoo, "e2": bad}, methods=["ties", "task_arithmetic"])
+    assert main(["run", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert f"{bad}: tensor {tensor} holds 2 non-finite value(s)" in err, err
+    # refused before any candidate: no trial ran, failed or was trimmed into a "success"
+    assert set(_states(path)) == {TrialState.WAITING}
+
+
+def test_the_same_expert_twice_is_refused_in_a_study(study_zoo, tmp_path):
+    e1 = str(study_zoo["e1"])
+    path = write_study(tmp_path, study_zoo, models=[e1, str(study_zoo["e2"]), e1])
+    with pytest.raises(
+        ConfigError, match=r"models\[0\] \(.*e1\) and models\[2\] \(.*e1\) are the same"
+    ):
+        open_study(path)
+    copy = tmp_path / "e1-copy"
+    shutil.copytree(study_zoo["e1"], copy)
+    path = write_study(tmp_path, study_zoo, models=[e1, str(study_zoo["e2"]), str(copy)])
+    with pytest.raises(ConfigError, match=f"expert {e1} and expert {copy} hold byte-identical"):
+        open_study(path)
+    base_copy = tmp_path / "base-copy"
+    shutil.copytree(study_zoo["base"], base_copy)
+    path = write_study(tmp_path, study_zoo, models=[e1, str(base_copy)])
+    with pytest.raises(ConfigError, match=f"expert {base_copy} holds the same weights as the base"):
+        open_study(path)
+    assert not (tmp_path / "t.db").exists()  # refused before the study was created
+
+
+def test_the_base_among_the_experts_is_left_out_with_a_note(study_zoo, tmp_path, capsys):
+    from optimizer.cli import main
+
+    models = [str(study_zoo["base"]), str(study_zoo["e1"]), str(study_zoo["e2"])]
+    path = write_study(tmp_path, study_zoo, models=models, n_trials=3)
+    assert main(["run", str(path), "--no-export"]) == 0
+    out = capsys.readouterr().out
+    assert f"note: models[0] ({study_zoo['base']}) is the base model; it is left out" in out
+    assert "3/3 done" in out
+    assert _states(path).count(TrialState.COMPLETE) == 3
+    assert TrialState.FAIL not in _states(path)
+
+
+def test_a_study_whose_trials_keep_failing_stops_and_says_why(
+    study_zoo, tmp_path, capsys, monkeypatch
+):
+    from optimizer.cli import main
+    from optimizer.evaluate import Evaluator
+
+    def broken(self, heldout=False):
+        raise RuntimeError("lm-eval broke")
+
+    path = write_study(tmp_path, study_zoo, n_trials=4, max_consecutive_failures=3)
+    with monkeypatch.context() as m:
+        m.setattr(Evaluator, "score", broken)
+        assert main(["run", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert "stopped after 3 consecutive failed trials (0, 1, 2)" in err, err
+    assert (
+        "the most common reason (3 of them): evaluation failed: RuntimeError: lm-eval broke" in err
+    )
+    assert _states(path).count(TrialState.FAIL) == 3
+    # the next run starts afresh, the failed trials stay recorded
+    assert main(["run", str(path), "--no-export"]) == 0
+    states = _states(path)
+    assert states.count(TrialState.FAIL) == 3 and states.count(TrialState.COMPLETE) == 4
+
+
+def test_a_failure_that_is_the_configs_fault_stops_at_the_first_trial(
+    study_zoo, tmp_path, capsys, monkeypatch
+):
+    from optimizer.cli import main
+    from optimizer.resident import ResidentMerger
+
+    def misfit(self, cfg):
+        raise ConfigError("the candidate has 2 experts, the resident model 3")
+
+    monkeypatch.setattr(ResidentMerger, "materialize", misfit)
+    path = write_study(tmp_path, study_zoo, n_trials=4)
+    assert main(["run", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert "trial 0 failed because of the study's config" in err
+    assert "the candidate has 2 experts, the resident model 3" in err
+    assert _states(path).count(TrialState.FAIL) == 1

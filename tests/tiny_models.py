@@ -1,4 +1,4 @@
-"""Small real Hugging Face models built locally, for tests and the demo.
+"""Small real Hugging Face models built locally, for the tests.
 
 Nothing can be downloaded at run time, so tests need models that this project
 can make itself: a word-level tokenizer and a tiny Llama, saved with

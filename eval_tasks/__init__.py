@@ -1,0 +1,1 @@
+"""lm-eval task YAMLs with local data, shipped with mergeopt; every study can name them."""

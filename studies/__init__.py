@@ -1,0 +1,1 @@
+"""Example study files, shipped with mergeopt (``mergeopt demo`` runs demo.yaml)."""
