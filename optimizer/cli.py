@@ -7,11 +7,11 @@ import re
 import sys
 from collections.abc import Sequence
 
-from methods import METHODS
-
 
 def methods_help() -> str:
     """Every registered method with its parameters, from the registry."""
+    from methods import METHODS
+
     lines = ["merge methods (merge_method:) and their parameters:"]
     for spec in METHODS.values():
         lines.append(f"  {spec.name}: {spec.summary}")
@@ -222,7 +222,8 @@ def run_study(
     console.print(
         f"study [bold]{cfg.name}[/bold] in {mask_url(cfg.storage)}: "
         f"{study.counts()[TrialState.COMPLETE]}/{budget} trials completed; "
-        f"methods: {', '.join(m.name for m in study.space.methods)}"
+        f"methods: {', '.join(m.name for m in study.space.methods)}",
+        soft_wrap=True,
     )
     summary = study.run(budget, timeout, on_trial=TrialReporter(budget, cfg.multi_objective))
     if summary.interrupted:
@@ -346,6 +347,9 @@ def cmd_merge(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from optimizer.runtime import setup_process
+
+    setup_process()  # before torch (and with it tqdm) is imported
     from optimizer.errors import MergeoptError
 
     args = build_parser().parse_args(argv)

@@ -10,14 +10,11 @@ from __future__ import annotations
 import functools
 import logging
 import math
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from optimizer.errors import ConfigError
-
-os.environ.setdefault("TQDM_DISABLE", "1")
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from typing import Any
 
 from methods import METHODS, MethodSpec, ParamSpec, get_method
 from methods.registry import UnknownMethodError
-from optimizer.config_schema import Key, check_value, read_section
+from optimizer.config_schema import TYPES, Key, describe, read_section
 from optimizer.errors import ConfigError, suggest
 
 EPS_FRAC = "epsilon_frac"
@@ -55,7 +55,6 @@ OVERRIDE_KEYS = (
     Key("log", ("bool",), False, "search on a log scale"),
     Key("value", ("number", "bool"), None, "a fixed value (not searched)"),
 )
-RANGE_END = Key("low, high", ("number",))
 
 
 def parse_override(key: str, value: Any) -> Override:
@@ -69,7 +68,10 @@ def parse_override(key: str, value: Any) -> Override:
     if isinstance(value, list):
         if len(value) != 2:
             raise ConfigError(f"{where}: a range is [low, high], got {value!r}")
-        return Override(*(check_value(RANGE_END, v, where) for v in value))
+        for v in value:
+            if not TYPES["number"][0](v):
+                raise ConfigError(f"{where}: a range is [low, high] of numbers, got {describe(v)}")
+        return Override(*value)
     return Override(fixed=value)
 
 

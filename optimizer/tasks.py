@@ -8,7 +8,6 @@ our include paths, never in lm-eval's ~15k built-in tasks (a 10 s index).
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -16,10 +15,6 @@ from typing import Any
 import yaml
 
 from optimizer.errors import ConfigError, suggest
-
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
 
 
 def _load_yaml(path: Path) -> dict[str, Any]:
@@ -109,6 +104,9 @@ def resolve_task(spec: str, index: dict[str, Path], folder: Path | None = None) 
 
 def build_tasks(configs: Sequence[dict[str, Any]], num_fewshot: int | None) -> dict[str, Any]:
     """Build lm-eval Task objects once; they are reused for every trial."""
+    from optimizer.runtime import setup_process
+
+    setup_process()  # offline: before lm-eval imports datasets
     from lm_eval.tasks import TaskManager
 
     manager = TaskManager(include_defaults=False)

@@ -52,7 +52,7 @@ STUDY_CASES = [
     ),
     (
         {"search_space": {"ties.density": ["0.1", 0.5]}},
-        "search_space.ties.density: low, high must be a number, got '0.1'",
+        "search_space.ties.density: a range is [low, high] of numbers, got '0.1' (a string)",
     ),
     ({"granularity": {"layer_group_size": "2"}}, "granularity: layer_group_size must be an"),
     ({"granularity": {"filters": "mlp"}}, "granularity: filters must be a list of strings"),

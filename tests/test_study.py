@@ -409,3 +409,17 @@ def test_workers_never_draw_the_same_candidate_and_a_resume_draws_what_a_run_wou
     straight = open_study(write_study(tmp_path / "b", study_zoo))
     straight.run(n_trials=9)
     assert _sampled(straight) == [first_draw, second_draw]
+
+
+def test_a_run_prints_no_third_party_progress_bars(study_zoo, tmp_path):
+    path = write_study(tmp_path, study_zoo, n_trials=2)
+    proc = subprocess.run(
+        [sys.executable, "-m", "optimizer.cli", "run", str(path)],
+        capture_output=True,
+        text=True,
+        env={k: v for k, v in os.environ.items() if k != "TQDM_DISABLE"},
+    )
+    assert proc.returncode == 0, proc.stderr
+    printed = proc.stdout + proc.stderr
+    assert "2/2 done" in proc.stdout and "exported trial" in proc.stdout
+    assert "it/s]" not in printed and "%|" not in printed, printed  # tqdm's marks
