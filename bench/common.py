@@ -16,8 +16,8 @@ from safetensors.torch import load_file, save_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from optimizer.resources import cache_dir  # noqa: E402
-from optimizer.smollm import export_smollm2  # noqa: E402
+from optimizer.demo.smollm import export_smollm2  # noqa: E402
+from optimizer.io.resources import cache_dir  # noqa: E402
 
 CACHE = Path(os.environ.get("MERGEOPT_BENCH_CACHE") or cache_dir() / "bench")
 

@@ -30,21 +30,12 @@ from pathlib import Path
 import torch
 from common import random_model, smollm_zoo, stacked, table
 
-from optimizer.merge_config import MergeConfig
-from optimizer.resident import ResidentMerger
+from methods import METHODS
+from optimizer.config.merge_config import MergeConfig
+from optimizer.engine.resident import ResidentMerger
 
-METHOD_PARAMS = {
-    "linear": {},
-    "task_arithmetic": {"lambda": 1.0},
-    "ties": {"density": 0.5, "lambda": 1.0},
-    "dare_linear": {"density": 0.8, "lambda": 1.0},
-    "dare_ties": {"density": 0.8, "lambda": 1.0},
-    "breadcrumbs": {"beta": 0.9, "gamma": 0.01, "lambda": 1.0},
-    "breadcrumbs_ties": {"beta": 0.9, "gamma": 0.01, "lambda": 1.0},
-    "della": {"density": 0.7, "epsilon": 0.07, "lambda": 1.1},
-    "della_linear": {"density": 0.7, "epsilon": 0.07, "lambda": 1.1},
-    "model_stock": {},
-}
+# every method with a kernel path, at its registry start point (the last of several)
+METHOD_PARAMS = {n: dict(s.start_points[-1]) for n, s in METHODS.items() if s.inputs != "pair"}
 # the targets: multiples of the floor (+ the random draws for random masks)
 TARGET = {
     "linear": 2,
@@ -58,14 +49,17 @@ TARGET = {
     "della": 2,
     "della_linear": 2,
 }
-RANDOM = {"dare_linear", "dare_ties", "della", "della_linear"}
+missing = sorted(set(METHOD_PARAMS) - set(TARGET))
+if missing:
+    sys.exit(f"bench/materialize.py: give {missing} a target (multiple of the floor) in TARGET")
+RANDOM = {n for n, s in METHODS.items() if s.random}
 
 
 def candidate(method: str, n_experts: int, compat: str = "paper") -> MergeConfig:
     models = [
         {"model": f"e{i}", "parameters": {"weight": 1.0 / n_experts}} for i in range(n_experts)
     ]
-    if method == "model_stock":
+    if "weight" not in METHODS[method].param_names:
         models = [{"model": f"e{i}"} for i in range(n_experts)]
     cfg = {
         "merge_method": method,

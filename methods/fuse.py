@@ -1,11 +1,11 @@
-"""From a method's per-expert decisions to one kernel call written into ``out``.
+"""From a method's per-expert decisions to one kernel call that writes ``out``.
 
 A method decides, per task vector, what the kernel sparsifies (the vector
 itself, or a form masked eagerly where the fused rule cannot express it), with
 which per-element inputs and scalars, and how the results combine; this module
-lays the tensors out as a ``methods.launch.KernelCall`` and launches it, or
-hands it to the engine (``TensorContext.defer``), which launches the calls of
-same-shaped tensors stacked, once per candidate.
+lays the tensors out as a ``methods.launch.KernelCall``: the method's plan,
+which its caller launches (the engine stacks the calls of same-shaped
+tensors into one launch per candidate; a one-shot merge launches each).
 
 A candidate with NaN or inf must fail its trial, but checking the result costs
 a pass over it. With finite inputs, the kernels can only overflow: so a
@@ -30,7 +30,7 @@ from methods.kernels import (
     mean_scaled,
     weighted_sum,
 )
-from methods.launch import KernelCall, launch, pack_scalars
+from methods.launch import KernelCall, pack_scalars
 from methods.registry import TensorContext
 
 
@@ -102,13 +102,14 @@ def fuse(
     ctx: TensorContext,
     out: torch.Tensor | None = None,
     c: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Run the kernel and return ``out`` (allocated when None, shaped like ``base``).
+    result: torch.Tensor | None = None,
+) -> KernelCall:
+    """The kernel call that writes ``out`` (allocated when None, shaped like ``base``).
 
     ``c`` replaces ``c_rows`` by a tensor that broadcasts against ``base``
-    (Model Stock's per-row ratios); the tensors then keep their shape. With
-    ``ctx.defer`` the engine may take the call and launch it later, with its
-    neighbours (``out`` is then written once the engine launches).
+    (Model Stock's per-row ratios); the tensors then keep their shape.
+    ``result`` is what the caller receives (default ``out``), when ``out`` is a
+    reshaped view of it.
     """
     if base.numel() >= 1 << 31:
         raise ValueError(
@@ -141,7 +142,6 @@ def fuse(
         extra=c,
         name=ctx.name,
         check=not math.isfinite(bound) or bound >= SAFE_BOUND,
+        result=out if result is None else result,
     )
-    if ctx.defer is None or not ctx.defer(call):
-        launch([call], ctx.compile)
-    return out
+    return call

@@ -141,8 +141,8 @@ def ranked_random_keep_rescaled(
     d: torch.Tensor, aux, s: torch.Tensor, i: torch.Tensor, half: int = 0
 ) -> torch.Tensor:
     """DELLA: keep where u < q, survivors divided by q. A kernel of its own, not a
-    0/1 scalar choosing the divisor: that choice cost DELLA ~10% per candidate
-    in this compute-bound loop, the same bytes either way."""
+    0/1 scalar choosing the divisor: that choice slowed this compute-bound loop
+    measurably (docs/benchmarks.md, design measurements), the same bytes either way."""
     u, q = _ranked_draws(d, aux, s, i, half)
     return torch.where(u < q, d, 0.0) / q
 
@@ -198,6 +198,8 @@ def mean_scaled(
 
 Sparsify = Callable[..., torch.Tensor]
 Combine = Callable[..., torch.Tensor]
+# sparsifiers that draw from the counter hash (eagerly: a full-size temporary per op)
+HASHED_DRAWS = (random_keep, ranked_random_keep, ranked_random_keep_rescaled)
 
 
 class NotFiniteError(ValueError):
@@ -264,7 +266,7 @@ COMPILE_MIN_ELEMENTS = 1 << 16
 # (a sparsified task vector: the hash, the rank unpacking) to a full-size
 # buffer and reads it back in a second loop. Here each one lives for a single
 # element of a single loop: recomputing nothing, keeping it in registers is
-# strictly better (DELLA-TIES: 315 -> 125 ms on one 28M-entry tensor).
+# strictly better (docs/benchmarks.md, design measurements).
 _ONE_LOOP = {"realize_reads_threshold": 100, "realize_cpu_opcount_threshold": 1000}
 
 _lock = threading.Lock()

@@ -1,9 +1,9 @@
 """Kernel calls, launched one per tensor or stacked: many same-shaped tensors in one call.
 
 A model repeats the same few tensor shapes once per layer (SmolLM2-135M: 272
-tensors, 6 shapes). Launching a compiled kernel costs a fixed ~0.3 ms of
-guards and wrappers, and building its scalars another bit, so one launch per
-tensor costs ~100 ms per candidate at 135M: as much as the memory traffic.
+tensors, 6 shapes). Launching a compiled kernel costs a fixed time of guards
+and wrappers, and building its scalars another bit, so one launch per tensor
+costs about as much as the memory traffic on a small model (docs/benchmarks.md, design measurements).
 When the tensors of consecutive calls lie at a fixed stride in one buffer (the
 resident engine stores base, task vectors, rank caches and the model's own
 parameters that way, grouped by shape), those calls become one launch over a
@@ -54,6 +54,8 @@ class KernelCall:
     extra: torch.Tensor | None = None
     name: str = ""
     check: bool = False
+    # what the caller receives once launched: the tensor ``out`` views
+    result: torch.Tensor | None = None
 
     @property
     def key(self) -> tuple:
@@ -124,10 +126,24 @@ def _launch_run(run: list[KernelCall], compile: bool) -> None:
     _call(first.key, lambda: _make(*first.key), args, compile, base.numel())
 
 
-def launch(calls: Sequence[KernelCall], compile: bool = False) -> None:
-    """Run ``calls``: those of one kernel whose tensors sit at a fixed stride
-    from one call to the next as one stacked launch, the rest one by one; then
-    check the results that need it (NotFiniteError names the tensor)."""
+@dataclass
+class Written:
+    """A plan already carried out (SLERP's eager math): nothing left to launch."""
+
+    result: torch.Tensor
+    name: str = ""
+
+
+# What a method returns for one tensor: a kernel call for the caller to launch
+# (alone, or stacked with its same-shaped neighbours), or the written result.
+Plan = KernelCall | Written
+
+
+def launch(plans: Sequence[Plan], compile: bool = False) -> None:
+    """Run ``plans``: kernel calls of one kernel whose tensors sit at a fixed
+    stride from one call to the next as one stacked launch, the rest one by
+    one; then check the results that need it (NotFiniteError names the tensor)."""
+    calls = [p for p in plans if isinstance(p, KernelCall)]
     runs: dict[tuple, list[list[KernelCall]]] = {}
     for call in calls:
         # same kernel, same buffers (a down_proj and an up_proj flatten alike)
@@ -146,3 +162,14 @@ def launch(calls: Sequence[KernelCall], compile: bool = False) -> None:
                 ensure_finite(call.out)
             except NotFiniteError as e:
                 raise NotFiniteError(str(e), call.name) from None
+
+
+def run_method(spec, base, deltas, params, ctx, out=None) -> torch.Tensor:
+    """One tensor merged now: ``spec``'s plan, launched, and its result.
+
+    The engine launches plans itself (stacked, once per candidate); this is
+    for everything that merges one tensor at a time: one-shot merges and tests.
+    """
+    plan = spec.fn(base, deltas, params, ctx, out=out)
+    launch([plan], ctx.compile)
+    return plan.result

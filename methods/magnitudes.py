@@ -4,7 +4,7 @@ Those methods keep the entries whose stable magnitude rank (|δ| ascending,
 ties by position) lies in a window [first, last] of the whole tensor. A window
 is two thresholds, the magnitudes at its ends, plus a positional tie rule in
 the rare case a run of equal magnitudes straddles an end. Finding a threshold
-is a selection over the tensor (a kthvalue of 10M values takes 0.2 s), and the
+is a selection over the whole tensor (docs/benchmarks.md), and the
 window moves every trial with the density; so the optimizer keeps each task
 vector's stable magnitude order, once per study (``MagnitudeOrder``: the
 entries' positions, int32), and a trial's window becomes four lookups: the
@@ -81,9 +81,8 @@ def _selector(mag: torch.Tensor) -> Callable[[int], tuple[float, int, int]]:
     selection may reorder.
 
     On the CPU the selection is NumPy's in-place partition of the float32 bit
-    patterns (28M entries: 0.04 s and no copy, where torch's kthvalue takes
-    0.7 s and copies the tensor and an index); the counts do not depend on
-    the order.
+    patterns (no copy; torch's kthvalue copies the tensor and an index and is
+    much slower: docs/benchmarks.md, design measurements); the counts do not depend on the order.
     """
     if mag.device.type == "cpu" and mag.dtype == torch.float32:
         bits = mag.view(torch.int32).numpy()

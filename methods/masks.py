@@ -194,7 +194,7 @@ class PackedRanks:
     k + n/2 in its high half: the memory of int16, and a kernel that views the
     tensor as (2, n/2) unpacks them with one shift per row. torch.compile
     vectorizes that; int16 makes it fall back to a scalar loop and uint8 to
-    partial loads, both 2-3x slower.
+    partial loads, both slower (docs/benchmarks.md, design measurements).
     """
 
     words: torch.Tensor  # int32, shape (1, n/2)

@@ -10,7 +10,8 @@ import torch
 
 from methods.fuse import ExpertInput, fuse
 from methods.kernels import keep_all, mean_scaled
-from methods.registry import MethodSpec, ParamSpec, TensorContext, register
+from methods.launch import KernelCall
+from methods.registry import Mergekit, MethodSpec, ParamSpec, TensorContext, register
 
 
 def interpolation_ratio(
@@ -53,7 +54,7 @@ def model_stock(
     p: Mapping[str, Any],
     ctx: TensorContext,
     out: torch.Tensor | None = None,
-) -> torch.Tensor:
+) -> KernelCall:
     """t · mean(x_t) + (1 - t) · b, computed as b + t · mean(δ_t).
 
     t depends only on the task vectors, so a study computes it once per tensor.
@@ -68,8 +69,29 @@ def model_stock(
     if out is None:
         out = torch.empty_like(base)
     target = out.view(rows)
-    fuse(keep_all, mean_scaled, base.reshape(rows), experts, [], [], ctx, target, c=t.unsqueeze(-1))
-    return out
+    return fuse(
+        keep_all,
+        mean_scaled,
+        base.reshape(rows),
+        experts,
+        [],
+        [],
+        ctx,
+        target,
+        t.unsqueeze(-1),
+        out,
+    )
+
+
+def reference_model_stock(
+    base: torch.Tensor, deltas: Sequence[torch.Tensor], p: Mapping[str, Any], ctx: TensorContext
+) -> torch.Tensor:
+    """b + t · mean(δ_t), t per tensor or per row."""
+    filter_wise = bool(p["filter_wise"])
+    t = interpolation_ratio(deltas, filter_wise, ctx.compat)
+    rows = (-1, base.shape[-1]) if filter_wise and base.dim() >= 1 else (1, -1)
+    mean = sum(deltas) / len(deltas)
+    return (base.reshape(rows) + mean.reshape(rows) * t.unsqueeze(-1)).reshape(base.shape)
 
 
 register(
@@ -88,6 +110,8 @@ register(
         ),
         summary="t·mean(x_t) + (1-t)·b with t from the experts' mean pairwise cosine",
         min_experts=2,
-        seed_points=({"filter_wise": False},),
+        start_points=({"filter_wise": False},),
+        mergekit=Mergekit("model_stock", {}),
+        reference=reference_model_stock,
     )
 )

@@ -18,6 +18,46 @@ import torch
 Scope = Literal["model", "global"]
 Compat = Literal["paper", "mergekit"]
 COMPAT_MODES: tuple[str, ...] = ("paper", "mergekit")
+# what a method merges: the experts' task vectors from the base; an average of
+# models (the base is an input only when listed among them); a pair of models
+Inputs = Literal["task_vectors", "average", "pair"]
+
+
+@dataclass(frozen=True)
+class Reparam:
+    """A parameter searched in another form, so that every proposal is valid.
+
+    DELLA's epsilon must stay below min(d, 1 - d) for the density d at the same
+    place: it is searched as ``name`` (a fraction of that room) in
+    [low, high], and ``value(searched, d)`` turns a proposal into epsilon
+    (``searched(value, d)`` the other way, for start points).
+    """
+
+    name: str
+    low: float
+    high: float
+    depends_on: str
+    value: Callable[[float, float], float]
+    searched: Callable[[float, float], float]
+
+
+@dataclass(frozen=True)
+class References:
+    """How a method reproduces its inputs, for the study's reference trials:
+    with one expert's weight 1 and the others 0, plus ``alone``, it gives that
+    expert; with every weight 0, plus ``base`` (None: it cannot), the base."""
+
+    alone: Mapping[str, Any]
+    base: Mapping[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class Mergekit:
+    """The method's name in mergekit and a point in mergekit's own vocabulary
+    (the parity tests merge it with both and compare)."""
+
+    name: str
+    example: Mapping[str, Any]
 
 
 @dataclass(frozen=True)
@@ -42,6 +82,7 @@ class ParamSpec:
     log: bool = False
     help: str = ""
     mergekit_default: Any = None
+    reparam: Reparam | None = None
 
     def default_for(self, compat: str) -> Any:
         if compat == "mergekit" and self.mergekit_default is not None:
@@ -97,18 +138,19 @@ class TensorContext:
     # (key, build) -> build() once per study and tensor, then the kept result
     memo: Callable[[Hashable, Callable[[], Any]], Any] | None = None
     compile: bool = False
-    # methods.launch.KernelCall -> True when the engine takes the call to launch
-    # later, stacked with its same-shaped neighbours (False: launch it now)
-    defer: Callable[[Any], bool] | None = None
 
     def remember(self, key: Hashable, build: Callable[[], Any]) -> Any:
         return build() if self.memo is None else self.memo(key, build)
 
 
-# fn(base, deltas, params, ctx, out=None): the merged tensor, written into
-# ``out`` when one is given (the resident model's parameter) and returned
-MergeFn = Callable[..., torch.Tensor]
+# fn(base, deltas, params, ctx, out=None) -> methods.launch.Plan: how to write the
+# merged tensor (into ``out`` when one is given: the resident model's
+# parameter); the caller launches it (methods.launch.launch, run_method)
+MergeFn = Callable[..., Any]
 CrossCheck = Callable[[Mapping[str, Any]], "str | None"]
+# (param -> (lowest, highest) value a study may propose) -> why some proposal
+# in those ranges would be invalid, or None
+RangeCheck = Callable[[Mapping[str, tuple[float, float]]], "str | None"]
 
 
 @dataclass(frozen=True)
@@ -117,9 +159,18 @@ class MethodSpec:
 
     ``fn(base, deltas, params, ctx, out=None)`` gets float32 tensors — the
     reference tensor and one task vector per expert — and per-tensor resolved
-    parameters (per-model ones as lists in expert order) and returns the merged
-    float32 tensor, written into ``out`` when given. ``min_experts``/``max_experts`` count task vectors; ``check``
-    validates combinations of one model's parameters (``beta + gamma < 1``).
+    parameters (per-model ones as lists in expert order) and returns its plan
+    (``methods.launch.Plan``): the kernel call that writes the merged float32
+    tensor (into ``out`` when given), which the caller launches.
+
+    Everything the rest of mergeopt needs to know about a method is declared
+    here: what it merges (``inputs``), how many experts it takes
+    (``min_experts``/``max_experts`` count task vectors, or models besides the
+    base), combinations of one model's values it forbids (``check``:
+    ``beta + gamma < 1``), parameters that exclude each other (``exclusive``),
+    search ranges that would allow a forbidden combination (``ranges_check``),
+    where a search starts (``start_points``), how it reproduces its inputs
+    (``references``) and its mergekit counterpart (``mergekit``).
     """
 
     name: str
@@ -128,10 +179,33 @@ class MethodSpec:
     summary: str
     min_experts: int = 1
     max_experts: int | None = None
-    needs_base: bool = True
+    inputs: Inputs = "task_vectors"
     random: bool = False
     check: CrossCheck | None = None
-    seed_points: tuple[Mapping[str, Any], ...] = ()
+    exclusive: tuple[tuple[str, str], ...] = ()
+    ranges_check: RangeCheck | None = None
+    start_points: tuple[Mapping[str, Any], ...] = ()
+    references: References | None = None
+    mergekit: Mergekit | None = None
+    # the same math in plain torch (no kernels, no caches): what the fused
+    # path is tested against; fn's arguments without ``out``
+    reference: Callable[..., torch.Tensor] | None = None
+
+    @property
+    def needs_base(self) -> bool:
+        return self.inputs == "task_vectors"
+
+    @property
+    def study_min_experts(self) -> int:
+        """Experts a study needs: an average takes two models, and in a study the
+        base is never one of them."""
+        return max(self.min_experts, 2) if self.inputs == "average" else self.min_experts
+
+    def fits(self, n_experts: int) -> bool:
+        """Can a study merge a base and ``n_experts`` experts with it?"""
+        return self.study_min_experts <= n_experts and (
+            self.max_experts is None or n_experts <= self.max_experts
+        )
 
     def param(self, name: str) -> ParamSpec:
         for p in self.params:

@@ -9,7 +9,8 @@ from typing import Any
 import torch
 
 from methods.kernels import ensure_finite
-from methods.registry import MethodSpec, ParamSpec, TensorContext, register
+from methods.launch import Written
+from methods.registry import Mergekit, MethodSpec, ParamSpec, TensorContext, register
 
 DOT_THRESHOLD = 0.9995
 
@@ -20,12 +21,22 @@ def slerp(
     p: Mapping[str, Any],
     ctx: TensorContext,
     out: torch.Tensor | None = None,
+) -> Written:
+    """SLERP has no kernel: its plan is the interpolation, computed now."""
+    merged = interpolate(base, deltas, p, ctx)
+    ensure_finite(merged)
+    return Written(merged if out is None else out.copy_(merged), ctx.name)
+
+
+def interpolate(
+    base: torch.Tensor, deltas: Sequence[torch.Tensor], p: Mapping[str, Any], ctx: TensorContext
 ) -> torch.Tensor:
     """Interpolate v0 = base and v1 = base + δ along the great circle.
 
     The angle comes from the normalized flattened tensors; the interpolation
     uses the unnormalized ones. Nearly parallel tensors (|cos| > 0.9995) fall
     back to linear interpolation, where the spherical formula is ill-conditioned.
+    Plain torch already: it is also SLERP's reference form.
     """
     t = float(p["t"])
     v0 = base
@@ -37,8 +48,7 @@ def slerp(
         omega = math.acos(dot)
         s = math.sin(omega)
         merged = v0 * (math.sin((1 - t) * omega) / s) + v1 * (math.sin(t * omega) / s)
-    ensure_finite(merged)
-    return merged if out is None else out.copy_(merged)
+    return merged
 
 
 def _cosine(v0: torch.Tensor, v1: torch.Tensor) -> float:
@@ -70,7 +80,9 @@ register(
         summary="spherical interpolation of two models (base as v0 and one expert, or two experts)",
         min_experts=1,
         max_experts=1,
-        needs_base=False,
-        seed_points=({"t": 0.5},),
+        inputs="pair",
+        start_points=({"t": 0.5},),
+        mergekit=Mergekit("slerp", {"t": 0.3}),
+        reference=interpolate,
     )
 )

@@ -1,8 +1,9 @@
 """TIES: trim each task vector, elect a sign per entry, average the agreeing.
 
-The elect and disjoint-merge steps are shared by every ``*_ties`` method
-(DARE-TIES, Breadcrumbs-TIES, DELLA), which differ only in how they sparsify;
-they run as ``methods.kernels.consensus`` inside the fused pass.
+The trim (keep each task vector's top-d magnitudes, through a magnitude
+window) is this module's sparsifier; mergekit-mode Breadcrumbs reuses its
+windows. The elect and disjoint-merge steps are ``methods.combine``'s
+consensus, shared by every ``*_ties`` method.
 """
 
 from __future__ import annotations
@@ -12,51 +13,12 @@ from typing import Any
 
 import torch
 
-from methods.fuse import ExpertInput, fuse
-from methods.kernels import Sparsify, consensus, magnitude_window
+from methods.family import Sparsifier, Variant, register_family
+from methods.fuse import ExpertInput
+from methods.kernels import Sparsify, magnitude_window
 from methods.magnitudes import Window, keep_ranks
-from methods.masks import count
-from methods.registry import (
-    MethodSpec,
-    TensorContext,
-    density_param,
-    lambda_param,
-    normalize_param,
-    register,
-    weight_param,
-)
-
-
-def consensus_rows(
-    weights: Sequence[float], compat: str, lam: float, normalize: bool
-) -> tuple[list[list[float]], list[float]]:
-    """The kernel's scalars for TIES steps 2-3: elect s = sign(Σ τ) (0 counts as +),
-    merge the agreeing.
-
-    paper: the vote uses the unweighted τ_t and an entry joins when τ_t ≠ 0
-    and its sign is s. mergekit: the vote uses w_t τ_t and an entry joins when
-    sign(w_t τ_t) = s. Entries where nobody agrees get 0.
-    """
-    rows = []
-    for w in map(float, weights):
-        if compat == "mergekit":
-            rows.append([w, w, float((w > 0) - (w < 0))])
-        else:
-            rows.append([1.0, w, 1.0])
-    return rows, [float(lam), 1.0 if normalize else 0.0]
-
-
-def consensus_merge(
-    base: torch.Tensor,
-    experts: Sequence[ExpertInput],
-    p: Mapping[str, Any],
-    ctx: TensorContext,
-    out: torch.Tensor | None,
-    sparsify: Sparsify,
-) -> torch.Tensor:
-    """b + λ · TIES(elect, disjoint merge) of the sparsified task vectors."""
-    rows, g = consensus_rows(p["weight"], ctx.compat, p["lambda"], p["normalize"])
-    return fuse(sparsify, consensus, base, experts, rows, g, ctx, out)
+from methods.masks import count, stable_ranks
+from methods.registry import Mergekit, TensorContext, density_param
 
 
 def window_input(delta: torch.Tensor, w: Window, index: int) -> ExpertInput:
@@ -80,30 +42,44 @@ def trim_band(delta: torch.Tensor, density: float, ctx: TensorContext) -> tuple[
     return n - max(1, count(density, n, ctx.compat)), n - 1
 
 
-def ties(
-    base: torch.Tensor,
-    deltas: Sequence[torch.Tensor],
-    p: Mapping[str, Any],
-    ctx: TensorContext,
-    out: torch.Tensor | None = None,
-) -> torch.Tensor:
+def trimmed_inputs(
+    deltas: Sequence[torch.Tensor], p: Mapping[str, Any], ctx: TensorContext
+) -> tuple[list[ExpertInput], Sparsify]:
+    """TIES step 1: each task vector keeps its top-d magnitudes."""
     bands = [trim_band(d, p["density"][i], ctx) for i, d in enumerate(deltas)]
     windows = tensor_windows(deltas, bands, ctx)
     experts = [window_input(d, w, i) for i, (d, w) in enumerate(zip(deltas, windows))]
-    return consensus_merge(base, experts, p, ctx, out, magnitude_window)
+    return experts, magnitude_window
 
 
-register(
-    MethodSpec(
-        name="ties",
-        fn=ties,
-        params=(
-            weight_param(),
-            density_param(0.2, help="fraction of largest-magnitude entries kept"),
-            lambda_param((0.5, 1.8)),
-            normalize_param(True),
-        ),
-        summary="trim to the top-d magnitudes, elect signs, average the agreeing, × λ",
-        seed_points=({"density": 0.2, "lambda": 1.0},),
-    )
+def reference_trim(
+    delta: torch.Tensor, index: int, p: Mapping[str, Any], ctx: TensorContext
+) -> torch.Tensor:
+    """Keep the k = ⌊d·n⌋ (at least one) entries of highest stable magnitude rank."""
+    n, density = delta.numel(), p["density"][index]
+    if delta.dim() == 0 or density >= 1:
+        return delta
+    k = max(1, count(density, n, ctx.compat))
+    return torch.where(stable_ranks(delta, per_row=False) >= n - k, delta, 0.0)
+
+
+MAGNITUDE = Sparsifier(
+    trimmed_inputs,
+    reference_trim,
+    params=(density_param(0.2, help="fraction of largest-magnitude entries kept"),),
+)
+
+register_family(
+    MAGNITUDE,
+    [
+        Variant(
+            "ties",
+            "ties",
+            "trim to the top-d magnitudes, elect signs, average the agreeing, × λ",
+            normalize=True,
+            mergekit=Mergekit("ties", {"weight": [1.0, 0.5], "density": 0.4, "lambda": 1.2}),
+        )
+    ],
+    lambda_search=(0.5, 1.8),
+    start_points=({"density": 0.2, "lambda": 1.0},),
 )

@@ -86,6 +86,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--shard-size", type=parse_size, default="5GB", help="largest output shard (default 5GB)"
     )
     merge.add_argument("--quiet", action="store_true", help="no progress bar")
+    merge.add_argument(
+        "--compile",
+        choices=("auto", "always", "never"),
+        default="auto",
+        help="torch.compile the fused kernels: auto (only random draws, where one run "
+        "repays it), always, never; the merged bytes are the same",
+    )
 
     def study_parser(name: str, help: str, description: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help, description=description)
@@ -180,8 +187,8 @@ def _check_n_trials(n_trials: int | None) -> None:
 
 
 def _open_study(study: str, storage: str | None, n_trials: int | None = None):
+    from optimizer.config.study_config import StudyConfig
     from optimizer.study import Study
-    from optimizer.study_config import StudyConfig
 
     _check_n_trials(n_trials)
     return Study(StudyConfig.from_yaml(study, storage=storage))
@@ -209,8 +216,8 @@ def run_study(
     """
     from optuna.trial import TrialState
 
-    from optimizer.console import TrialReporter, console, status_tables
-    from optimizer.storage import mask_url
+    from optimizer.study.storage import mask_url
+    from optimizer.ui.console import TrialReporter, console, status_tables
 
     study = _open_study(path, storage, n_trials)
     cfg = study.cfg
@@ -245,18 +252,13 @@ def run_study(
             "split and exports"
         )
         return 0
-    if summary.best:
-        console.print("scoring the held-out splits of the best trials and the references")
-        study.score_heldout(summary.best[:3] + [t for _, t in study.reference_trials()])
+    exported = study.finish(summary, export, say=lambda line: console.print(line, soft_wrap=True))
     for table in status_tables(study):
         console.print(table)
-    if summary.completed >= budget and summary.best and export:
-        from optimizer.export import export_trial
-
-        console.print(f"exporting the best merge to {cfg.export}", soft_wrap=True)
-        result = export_trial(study, cfg.export, force=True)
+    if exported is not None:
         console.print(  # a path to copy: never broken over lines
-            f"exported trial {result.trial} to [bold]{result.out}[/bold] (reloaded score matches)",
+            f"exported trial {exported.trial} to [bold]{exported.out}[/bold] "
+            "(reloaded score matches)",
             soft_wrap=True,
         )
     return 0
@@ -269,7 +271,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from optimizer.console import console, status_tables
+    from optimizer.ui.console import console, status_tables
 
     study = _open_study(args.study, args.storage)
     for table in status_tables(study):
@@ -280,8 +282,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from optimizer.console import console
-    from optimizer.export import export_trial
+    from optimizer.study.export import export_trial
+    from optimizer.ui.console import console
 
     study = _open_study(args.study, args.storage)
     result = export_trial(
@@ -297,7 +299,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from optimizer.report import write_report
+    from optimizer.ui.report import write_report
 
     path = write_report(_open_study(args.study, args.storage), Path(args.out))
     print(f"wrote {path}")
@@ -307,9 +309,9 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from optimizer.console import console
-    from optimizer.demo import default_workdir, prepare
+    from optimizer.demo.zoo import default_workdir, prepare
     from optimizer.errors import OutputError
+    from optimizer.ui.console import console
 
     _check_n_trials(args.n_trials)
     workdir = Path(args.workdir).expanduser() if args.workdir else default_workdir()
@@ -323,8 +325,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_merge(args: argparse.Namespace) -> int:
-    from optimizer.merge import run_merge
-    from optimizer.merge_config import MergeConfig
+    from optimizer.config.merge_config import MergeConfig
+    from optimizer.engine.merge import run_merge
 
     cfg = MergeConfig.from_yaml(args.config)
     if args.seed is not None:
@@ -338,6 +340,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
         allow_pickle=args.allow_pickle,
         max_shard_bytes=args.shard_size,
         show_progress=not args.quiet and sys.stderr.isatty(),
+        compile=args.compile,
     )
     print(
         f"merged {result.tensors} tensors with {cfg.method.name} into {result.out} "

@@ -23,7 +23,7 @@ from pathlib import Path
 
 
 def install() -> None:
-    from optimizer.evaluate import Evaluator
+    from optimizer.evaluate.harness import HarnessEvaluator as Evaluator
 
     score = Evaluator.score
     scored = {"n": 0}

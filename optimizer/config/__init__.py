@@ -1,0 +1,1 @@
+"""Config files as data: the study file, the merge config, parameter forms."""

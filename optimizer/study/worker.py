@@ -1,0 +1,271 @@
+"""The worker protocol: claim a trial, score it, record it, recover the dead.
+
+Any number of workers (processes, GPUs, machines) share one study. The
+read-decide-write steps (enqueueing seeds, "is there budget left? then start a
+trial", recording a result, failing a dead worker's trial) happen under the
+study's lock, so the budget is exact, seeds go in once and a dead trial is
+queued again once; the trial itself runs unlocked, heartbeating.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import socket
+import time
+from typing import TYPE_CHECKING
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from optimizer.config.merge_config import MergeConfig
+from optimizer.errors import ConfigError, MergeoptError
+from optimizer.study import _optuna
+from optimizer.study.heartbeat import TrialHeartbeat, beat, seconds_since_beat
+from optimizer.study.samplers import make_sampler, trial_seed
+
+if TYPE_CHECKING:
+    from optimizer.study.study import Study
+
+HOST = socket.gethostname()
+STARTED = "mergeopt:seeded"  # stored name of "the start points are queued" (kept for old studies)
+START = "start"  # user attr naming a start trial: "base", "expert 0 alone", "ties start point"
+
+log = logging.getLogger("mergeopt")
+
+
+class CandidateFailed(Exception):
+    """One candidate could not be merged or scored: its trial fails, the study goes on.
+
+    ``config_fault``: the failure comes from the study's config, not from this
+    candidate's values, so every candidate would fail the same way.
+    """
+
+    def __init__(self, why: str, config_fault: bool = False) -> None:
+        super().__init__(why)
+        self.config_fault = config_fault
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def mine(t: FrozenTrial) -> bool:
+    w = t.user_attrs.get("worker") or {}
+    return w.get("host") == HOST and w.get("pid") == os.getpid()
+
+
+# -- seeds and recovery ----------------------------------------------------------
+
+
+def start_label(t: FrozenTrial) -> str | None:
+    """The start trial ``t`` is ("base", "expert 0 alone", ...), or None; studies
+    made before the start points had their name stored it under "seed"."""
+    return t.user_attrs.get(START, t.user_attrs.get("seed"))
+
+
+def enqueue_start_points_once(study: Study) -> int:
+    """Start trials go in once per study, however many workers start together.
+
+    Under the lock; a worker killed half-way leaves STARTED unset and the next
+    one adds only the missing ones (``skip_if_exists``).
+    """
+    with study.lock.held():
+        if study.study.user_attrs.get(STARTED):
+            return 0
+        starts = study.space.start_trials()
+        for label, params in starts:
+            study.study.enqueue_trial(params, user_attrs={START: label}, skip_if_exists=True)
+        study.study.set_user_attr(STARTED, True)
+        return len(starts)
+
+
+def dead_reason(study: Study, t: FrozenTrial, now: float) -> str | None:
+    """Why RUNNING trial ``t`` has no live worker, or None if it may still be alive.
+
+    Called under the lock: a trial is asked for and stamped with its worker
+    while the lock is held, so an unstamped one lost its worker right there.
+    """
+    w = t.user_attrs.get("worker")
+    if w is None:
+        return "its worker died while starting it"
+    if mine(t):
+        return None
+    if w.get("host") == HOST and not pid_alive(int(w.get("pid", 0))):
+        return "its worker process died"
+    silent = seconds_since_beat(t, now)
+    if silent is not None and silent > 3 * study.cfg.heartbeat_interval:
+        return f"its worker on {w.get('host')} sent no heartbeat for {silent:.0f} s"
+    return None
+
+
+def recover_dead_trials(study: Study) -> int:
+    """Fail RUNNING trials whose worker is gone and queue their parameters again."""
+    recovered = 0
+    now = time.time()
+    with study.lock.held():
+        for t in _optuna.trials(study.storage, study.study, (TrialState.RUNNING,)):
+            reason = dead_reason(study, t, now)
+            if reason is not None:
+                recovered += fail_and_retry(study, t, reason)
+    return recovered
+
+
+def fail_and_retry(study: Study, t: FrozenTrial, reason: str) -> bool:
+    """Fail RUNNING trial ``t`` and queue its parameters again, exactly once.
+
+    Under the lock. Whichever worker notices first does it; any later one
+    (another worker, a second recovery path) finds the trial finished, and a
+    retry already queued for it is never queued twice.
+    """
+    storage = study.storage
+    with study.lock.held():
+        try:
+            storage.set_trial_user_attr(_optuna.trial_id(t), "fail_reason", reason)
+            if not storage.set_trial_state_values(_optuna.trial_id(t), TrialState.FAIL):
+                return False
+        except Exception:  # noqa: BLE001 - finished meanwhile by its worker
+            return False
+        params = t.params or _optuna.enqueued_params(t)
+        queued = any(
+            x.user_attrs.get("retry_of") == t.number for x in _optuna.trials(storage, study.study)
+        )
+        if params and not queued:
+            study.study.enqueue_trial(params, user_attrs={"retry_of": t.number})
+        return True
+
+
+def fail_own_running(study: Study, reason: str) -> None:
+    """Fail and queue again every RUNNING trial this process claimed (after an
+    interrupt, wherever it landed: nothing is left RUNNING that nothing runs)."""
+    with study.lock.held():
+        for t in _optuna.trials(study.storage, study.study, (TrialState.RUNNING,)):
+            if mine(t):
+                fail_and_retry(study, t, reason)
+
+
+# -- one trial -----------------------------------------------------------------
+
+
+def claim(study: Study, budget: int) -> optuna.Trial | str:
+    """Start a trial if the shared budget allows: "done", "wait" or the new trial.
+
+    Counting and asking happen under the lock, so concurrent workers never
+    start more trials than ``budget`` minus the completed and running ones.
+    The trial is stamped with its worker and its parameters are drawn before
+    the lock is released.
+    """
+    cfg = study.cfg
+    with study.lock.held():
+        recover_dead_trials(study)
+        done = study.count(TrialState.COMPLETE)
+        if done >= budget:
+            return "done"
+        if done + study.count(TrialState.RUNNING) >= budget:
+            return "wait"  # the last trials are running elsewhere
+        n = _optuna.count(study.storage, study.study)
+        study.study.sampler = make_sampler(cfg.sampler, trial_seed(cfg.sampler_seed, n))
+        trial = study.study.ask()
+        trial.set_user_attr("worker", {"host": HOST, "pid": os.getpid()})
+        beat(study.storage, _optuna.trial_id(trial))
+        study.space.suggest(trial)
+        log.debug("trial %d claimed", trial.number)
+        return trial
+
+
+def score_trial(study: Study, trial: optuna.Trial) -> float | list[float]:
+    """Materialize the trial's candidate into the resident model and score it."""
+    import torch
+
+    start = time.perf_counter()
+    cand = study.candidate(trial.params)
+    trial.set_user_attr("config", cand)
+
+    def fail(why: str, config_fault: bool = False) -> None:
+        trial.set_user_attr("fail_reason", why)
+        raise CandidateFailed(why, config_fault)
+
+    log.debug("trial %d materialize", trial.number)
+    try:
+        candidate = study.merger.resolve(MergeConfig.from_dict(cand))
+        with study.interrupts.interruptible():
+            materialize = study.merger.materialize(candidate)
+    except torch.OutOfMemoryError:
+        fail("out of memory while materializing the candidate")
+    except ConfigError as e:  # the study's own candidate is invalid: every one will be
+        fail(f"the study's config gives invalid candidates: {e}", config_fault=True)
+    except (MergeoptError, ValueError, RuntimeError) as e:
+        fail(f"merge failed: {e}")
+    t_eval = time.perf_counter()
+    log.debug("trial %d evaluate", trial.number)
+    try:
+        with study.interrupts.interruptible():
+            scores = study.evaluator.score()
+    except torch.OutOfMemoryError:
+        fail("out of memory while evaluating the candidate")
+    except Exception as e:  # noqa: BLE001 - any evaluation error fails only this trial
+        fail(f"evaluation failed: {type(e).__name__}: {e}")
+    evaluate = time.perf_counter() - t_eval
+    trial.set_user_attr("scores", scores)
+    trial.set_user_attr(
+        "timing",
+        {
+            "materialize": round(materialize, 4),
+            "evaluate": round(evaluate, 4),
+            "other": round(time.perf_counter() - start - materialize - evaluate, 4),
+        },
+    )
+    if study.cfg.multi_objective:
+        return [scores[t.task] for t in study.cfg.tasks]
+    return study.evaluator.combine(scores)
+
+
+def run_trial(study: Study, trial: optuna.Trial) -> tuple[float | list[float] | None, bool]:
+    """Score one claimed trial; a bad candidate or any error fails only this trial.
+
+    Returns the values (None: failed) and whether a failure is the config's fault.
+    """
+    interval = study.cfg.heartbeat_interval
+    with TrialHeartbeat(study.storage, _optuna.trial_id(trial), interval):
+        try:
+            return score_trial(study, trial), False
+        except CandidateFailed as e:
+            return None, e.config_fault
+        except KeyboardInterrupt:
+            trial.set_user_attr("fail_reason", "interrupted")
+            raise
+        except Exception as e:  # noqa: BLE001 - a bug or an odd candidate: keep going
+            log.exception("trial %d failed", trial.number)
+            trial.set_user_attr("fail_reason", f"{type(e).__name__}: {e}")
+            return None, False
+
+
+def record(
+    study: Study, trial: optuna.Trial, values: float | list[float] | None, budget: int
+) -> tuple[FrozenTrial | None, bool]:
+    """Tell the result; True with it if this result completed the budget."""
+    if values is not None and not all(
+        math.isfinite(v) for v in (values if isinstance(values, list) else [values])
+    ):
+        trial.set_user_attr("fail_reason", f"the score is not a finite number: {values}")
+        values = None
+    state = TrialState.COMPLETE if values is not None else TrialState.FAIL
+    log.debug("trial %d record %s", trial.number, state.name)
+    with study.lock.held():
+        try:
+            frozen = study.study.tell(trial, values, state=state)
+            log.debug("trial %d recorded", trial.number)
+        except Exception as e:  # noqa: BLE001 - failed meanwhile as dead by a worker
+            log.warning("trial %d was finished elsewhere, result dropped: %s", trial.number, e)
+            return None, False
+        completed_budget = (
+            frozen.state == TrialState.COMPLETE and study.count(TrialState.COMPLETE) == budget
+        )
+    return frozen, completed_budget

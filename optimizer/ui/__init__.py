@@ -1,0 +1,1 @@
+"""What people see: console tables and progress, the HTML report."""

@@ -1,0 +1,73 @@
+"""Ctrl-C or SIGTERM at any point of the worker loop leaves no RUNNING trial behind.
+
+A worker is stopped right after each phase it logs (claimed, materialize,
+evaluate, record, recorded) and at random moments; right after it exits the
+storage must hold no RUNNING trial, every completed trial must be intact, and
+every interrupted trial must be queued again exactly once.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from conftest import write_study
+from optuna.trial import TrialState
+
+from optimizer.config.study_config import StudyConfig
+from optimizer.study.study import Study
+
+PHASES = ("claimed", "materialize", "evaluate", "record", "recorded")
+
+
+def start_worker(path: Path, log: Path) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "optimizer.cli", "run", str(path), "--no-export", "--verbose"]
+    return subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, text=True)
+
+
+def wait_for_phase(proc: subprocess.Popen, log: Path, phase: str) -> None:
+    pattern = re.compile(rf" trial \d+ {phase}\b")
+    deadline = time.monotonic() + 300
+    while not pattern.search(log.read_text()):
+        assert proc.poll() is None, log.read_text()[-3000:]
+        assert time.monotonic() < deadline, f"no trial reached {phase!r} in 300 s"
+        time.sleep(0.002)
+
+
+def test_an_interrupt_at_any_point_leaves_no_running_trial(study_zoo, tmp_path):
+    path = write_study(tmp_path, study_zoo, n_trials=60)  # more than these runs reach
+    rng = random.Random(int(os.environ.get("MERGEOPT_INTERRUPT_SEED", "3")))
+    points = [(phase, 0.0, signal.SIGINT) for phase in PHASES]
+    points += [(rng.choice(PHASES), rng.uniform(0, 0.03), signal.SIGINT) for _ in range(2)]
+    points += [("evaluate", 0.0, signal.SIGTERM)]
+    completed: dict[int, tuple] = {}
+    for k, (phase, delay, signum) in enumerate(points):
+        log = tmp_path / f"w{k}.log"
+        proc = start_worker(path, log)
+        wait_for_phase(proc, log, phase)
+        time.sleep(delay)
+        proc.send_signal(signum)
+        assert proc.wait(timeout=120) == 130, log.read_text()[-3000:]
+        assert "run the same command to continue" in log.read_text()
+
+        trials = Study(StudyConfig.from_yaml(path)).study.get_trials()
+        where = f"stopped after {phase!r} (+{delay:.3f} s, signal {signum})"
+        assert not [t.number for t in trials if t.state == TrialState.RUNNING], where
+        for t in trials:  # completed trials are never touched again
+            if t.number in completed:
+                assert (t.state, t.values, t.params) == completed[t.number], where
+            elif t.state == TrialState.COMPLETE:
+                completed[t.number] = (t.state, t.values, t.params)
+        interrupted = [t for t in trials if t.user_attrs.get("fail_reason") == "interrupted"]
+        for t in interrupted:
+            retries = [r for r in trials if r.user_attrs.get("retry_of") == t.number]
+            assert len(retries) == 1, where  # queued again exactly once
+            assert retries[0].system_attrs["fixed_params"] == t.params, where
+    assert completed  # the workers did work between the interrupts
+    assert interrupted  # and some interrupts landed inside a trial
