@@ -59,8 +59,11 @@ SAFE_BOUND = 1e37
 
 
 def _absmax(t: torch.Tensor, key, ctx: TensorContext) -> float:
-    def build() -> float:
-        return float(t.abs().max()) if t.numel() else 0.0
+    def build() -> float:  # max |t| from one pass without a |t| temporary
+        if not t.numel():
+            return 0.0
+        lo, hi = torch.aminmax(t)
+        return max(-float(lo), float(hi))
 
     return build() if key is None else ctx.remember(("absmax", key), build)
 

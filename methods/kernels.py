@@ -17,6 +17,7 @@ not int16): both paths give the same bytes, which the tests check.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import threading
@@ -38,18 +39,34 @@ _M2 = 0x846CA68B - (1 << 32)  # as a signed int32 constant
 
 
 def _mix(x: torch.Tensor) -> torch.Tensor:
-    """lowbias32 on int32 (multiplication wraps; shifts masked to be logical)."""
-    x = x ^ ((x >> 16) & 0xFFFF)
-    x = x * _M1
-    x = x ^ ((x >> 15) & 0x1FFFF)
-    x = x * _M2
-    return x ^ ((x >> 16) & 0xFFFF)
+    """lowbias32 on int32 (multiplication wraps; shifts masked to be logical).
+
+    Updates ``x`` in place (callers pass a fresh tensor): eagerly, each op that
+    builds a new tensor costs an allocation, and the hash is a dozen ops
+    (docs/benchmarks.md, design measurements); compiled, it is the same loop.
+    """
+    t = x >> 16
+    t &= 0xFFFF
+    x ^= t
+    x *= _M1
+    t = x >> 15
+    t &= 0x1FFFF
+    x ^= t
+    x *= _M2
+    t = x >> 16
+    t &= 0xFFFF
+    x ^= t
+    return x
 
 
 def _hashed_uniform(idx: torch.Tensor, k0: torch.Tensor, k1: torch.Tensor) -> torch.Tensor:
     """Entry index ``idx`` (int32) -> top 24 bits of mix(mix(idx ^ k0) ^ k1) / 2^24."""
-    h = _mix(_mix(idx ^ k0.int()) ^ k1.int())
-    return ((h >> 8) & 0xFFFFFF).to(torch.float32) * (1.0 / 16777216)
+    h = _mix(idx ^ k0.int())
+    h ^= k1.int()
+    h = _mix(h)
+    h >>= 8
+    h &= 0xFFFFFF
+    return h.to(torch.float32) * (1.0 / 16777216)
 
 
 def uniform_draws(n: int, key: torch.Tensor, device: torch.device | str) -> torch.Tensor:
@@ -59,11 +76,39 @@ def uniform_draws(n: int, key: torch.Tensor, device: torch.device | str) -> torc
     return _hashed_uniform(torch.arange(n, dtype=torch.int32, device=device), k[0], k[1])
 
 
+# (first column, full width) of the block of columns an eager kernel runs on
+# (methods.launch runs eager kernels a block at a time); (0, 0): the whole width
+NO_WINDOW = (0, 0)
+_blocks = threading.local()
+
+
+@contextlib.contextmanager
+def column_block(start: int, full: int):
+    """Within it, eager kernels in this thread see columns [start, start + m) of
+    tensors ``full`` columns wide, so an entry's counter (its flat position)
+    and so its random draw are those of the whole tensor."""
+    _blocks.window = (start, full)
+    try:
+        yield
+    finally:
+        _blocks.window = NO_WINDOW
+
+
+def _column_window() -> tuple[int, int]:
+    if torch.compiler.is_compiling():  # compiled kernels always see whole tensors
+        return NO_WINDOW
+    return getattr(_blocks, "window", NO_WINDOW)
+
+
 def _flat_index(d: torch.Tensor, half: int) -> torch.Tensor:
     """Each entry's flat position within its own tensor, for a stack ``d`` (slots,
-    m) of same-shaped tensors or of one half of each (``half`` 1: the second)."""
+    m) of same-shaped tensors or of one half of each (``half`` 1: the second),
+    or a block of its columns (``column_block``)."""
+    start, full = _column_window()
     m = d.shape[1]
-    return torch.arange(m, dtype=torch.int32, device=d.device).view(1, m) + half * m
+    full = full or m
+    pos = torch.arange(start, start + m, dtype=torch.int32, device=d.device)
+    return pos.view(1, m) + half * full
 
 
 def _unpack_ranks(words: torch.Tensor, half: int) -> torch.Tensor:
@@ -80,6 +125,30 @@ def _unpack_ranks(words: torch.Tensor, half: int) -> torch.Tensor:
 # column (tensors, so new parameter values never recompile).
 
 
+def _kept(mask: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """x where ``mask`` is set, else +0, as arithmetic: x · mask + 0.
+
+    A ``torch.where`` is many times slower than a multiply in eager torch (the
+    one-shot path); compiled, both are one instruction. Inputs are finite, so
+    no 0 · inf arises; the + 0 turns the -0 of a dropped negative entry into the
+    +0 a where would give (a kept -0 becomes +0 too: zeros lose their sign).
+    Here and below, results are updated in place where the kernel owns them:
+    eagerly, every new tensor costs an allocation (docs/benchmarks.md).
+    """
+    kept = x * mask
+    kept += 0.0
+    return kept
+
+
+def _below(u: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """1.0 where u < q, else 0.0: relu(sign(q - u)), exact for finite floats
+    (q - u is 0 only where they are equal), and in eager torch several times
+    faster than a comparison's bool tensor times a float one."""
+    m = q - u
+    m.sign_().relu_()
+    return m
+
+
 def keep_all(d: torch.Tensor, aux, s: torch.Tensor, i: torch.Tensor, half: int = 0) -> torch.Tensor:
     return d
 
@@ -90,7 +159,7 @@ def keep_where(
     """Keep where the boolean mask aux[0] is set: a mask made eagerly (Breadcrumbs'
     row bands without the rank cache), 1 byte per entry where a masked copy of
     the task vector would take 4."""
-    return torch.where(aux[0], d, 0.0)
+    return _kept(aux[0], d)
 
 
 def magnitude_window(
@@ -103,7 +172,7 @@ def magnitude_window(
     pos = _flat_index(d, half)
     above = (mag > s[:, 0]) | ((mag == s[:, 0]) & (pos >= i[:, 0].int()))
     below = (mag < s[:, 1]) | ((mag == s[:, 1]) & (pos <= i[:, 1].int()))
-    return torch.where(above & below, d, 0.0)
+    return _kept(above & below, d)
 
 
 def rank_window(
@@ -111,7 +180,7 @@ def rank_window(
 ) -> torch.Tensor:
     """Keep entries whose row rank (packed words aux[0]) lies in [i[0], i[1])."""
     r = _unpack_ranks(aux[0], half)
-    return torch.where((r >= i[:, 0].int()) & (r < i[:, 1].int()), d, 0.0)
+    return _kept((r >= i[:, 0].int()) & (r < i[:, 1].int()), d)
 
 
 def random_keep(
@@ -119,14 +188,19 @@ def random_keep(
 ) -> torch.Tensor:
     """DARE: keep where the draw (key i[0], i[1]) < q = s[0]; survivors divided by s[1]."""
     u = _hashed_uniform(_flat_index(d, half), i[:, 0], i[:, 1])
-    return torch.where(u < s[:, 0], d, 0.0) / s[:, 1]
+    kept = _kept(_below(u, s[:, 0]), d)
+    kept /= s[:, 1]
+    return kept
 
 
 def _ranked_draws(d: torch.Tensor, aux, s: torch.Tensor, i: torch.Tensor, half: int):
     """(u, q): the draws (key i[0], i[1]) and keep probabilities q = s[0] + s[1] ·
     row rank (packed words aux[0])."""
     u = _hashed_uniform(_flat_index(d, half), i[:, 0], i[:, 1])
-    return u, s[:, 0] + _unpack_ranks(aux[0], half).float() * s[:, 1]
+    q = _unpack_ranks(aux[0], half).float()
+    q *= s[:, 1]
+    q += s[:, 0]
+    return u, q
 
 
 def ranked_random_keep(
@@ -134,7 +208,7 @@ def ranked_random_keep(
 ) -> torch.Tensor:
     """DELLA without rescaling: keep where the draw u < q (see _ranked_draws)."""
     u, q = _ranked_draws(d, aux, s, i, half)
-    return torch.where(u < q, d, 0.0)
+    return _kept(_below(u, q), d)
 
 
 def ranked_random_keep_rescaled(
@@ -144,7 +218,9 @@ def ranked_random_keep_rescaled(
     0/1 scalar choosing the divisor: that choice slowed this compute-bound loop
     measurably (docs/benchmarks.md, design measurements), the same bytes either way."""
     u, q = _ranked_draws(d, aux, s, i, half)
-    return torch.where(u < q, d, 0.0) / q
+    kept = _kept(_below(u, q), d)
+    kept /= q
+    return kept
 
 
 # -------------------------------------------------------------------- combines
@@ -156,7 +232,7 @@ def weighted_sum(
     """g[0] · base + Σ c[t, 0] τ_t, accumulated left to right (columns per slot)."""
     acc = base * g[:, 0]
     for t, tau in enumerate(taus):
-        acc = acc + tau * c[:, t, 0]
+        acc += tau * c[:, t, 0]
     return acc
 
 
@@ -173,17 +249,33 @@ def consensus(
     """
     votes = taus[0] * c[:, 0, 0]
     for t in range(1, len(taus)):
-        votes = votes + taus[t] * c[:, t, 0]
-    positive = votes >= 0
+        votes += taus[t] * c[:, t, 0]
+    votes += 0.0  # a -0 vote counts as + (-0 + 0 is +0)
+    elected = torch.ones_like(votes).copysign_(votes)  # +1 or -1
     num = torch.zeros_like(base)
     den = torch.zeros_like(base)
     for t, tau in enumerate(taus):
-        side = tau * c[:, t, 2]
-        agree = torch.where(positive, side > 0, side < 0)
-        num = num + torch.where(agree, tau * c[:, t, 1], 0.0)
-        den = den + torch.where(agree, c[:, t, 1], 0.0)
-    merged = torch.where(g[:, 1] > 0, num / torch.where(den == 0, 1.0, den), num)
-    return base + merged * g[:, 0]
+        # 1 where τ_t has the elected sign, else 0 (τ_t = 0 never does), in
+        # float arithmetic: comparisons and bool tensors are slow in eager torch
+        agree = tau * c[:, t, 2]
+        agree *= elected
+        agree.sign_().relu_()
+        term = tau * c[:, t, 1]
+        term *= agree
+        num += term
+        agree *= c[:, t, 1]
+        den += agree
+    # divide by Σ agreeing weights (0 -> 1) when normalizing, else by 1
+    normalize = (g[:, 1] > 0).float()
+    nobody = den.sign()  # 1 - |sign(den)|: 1 where den is 0, else 0
+    nobody.abs_().neg_().add_(1.0)
+    den += nobody
+    den *= normalize
+    den += 1.0 - normalize
+    num /= den
+    num *= g[:, 0]
+    num += base
+    return num
 
 
 def mean_scaled(
@@ -302,12 +394,17 @@ def _toolchain_errors() -> tuple[type[BaseException], ...]:
     return (*{e for e in found if isinstance(e, type)}, OSError)
 
 
+def compiles(compile: bool, n: int, device: torch.device) -> bool:
+    """Whether a kernel call with these settings goes through torch.compile."""
+    return compile and n >= COMPILE_MIN_ELEMENTS and device.type == "cpu" and not _compile_failed
+
+
 @torch.no_grad()
 def _call(key: tuple, make: Callable[[], Callable], args: tuple, compile: bool, n: int):
     """``make()(*args)``, through torch.compile when asked and worth it."""
     global _compile_failed
     first = args[0][0] if isinstance(args[0], list) else args[0]
-    if compile and n >= COMPILE_MIN_ELEMENTS and first.device.type == "cpu":
+    if compiles(compile, n, first.device):
         fn = _compiled_kernel(key, make)
         if fn is not None:
             try:

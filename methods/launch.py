@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
+from methods import kernels
 from methods.kernels import (
     C_WIDTH,
     G_WIDTH,
@@ -110,6 +111,10 @@ def _stacked(ts: list[torch.Tensor]) -> torch.Tensor:
     return t0.as_strided((len(ts), *t0.shape), (step, *t0.stride()), t0.storage_offset())
 
 
+# eager kernels run a block of about this many elements at a time
+EAGER_BLOCK = 1 << 18
+
+
 def _launch_run(run: list[KernelCall], compile: bool) -> None:
     first = run[0]
     if first.base.numel() == 0:
@@ -123,7 +128,38 @@ def _launch_run(run: list[KernelCall], compile: bool) -> None:
     if first.sparsify in PAIRED:  # the halves as outputs of their own (see kernels.PAIRED)
         out = [out[:, 0], out[:, 1]]
     args = (base, out, pf, pi, extra, *rest)
-    _call(first.key, lambda: _make(*first.key), args, compile, base.numel())
+    if kernels.compiles(compile, base.numel(), dev):
+        _call(first.key, lambda: _make(*first.key), args, compile, base.numel())
+    else:
+        _eager_blocks(_make(*first.key), base, out, pf, pi, extra, rest)
+
+
+def _eager_blocks(fn, base, out, pf, pi, extra, rest) -> None:
+    """Run an eager kernel a block of columns at a time.
+
+    Eagerly, every operation of the kernel writes a temporary the size of its
+    input; over a whole tensor those temporaries stream through memory, over a
+    block of ~256K entries they stay in cache (the counter hash of DARE and
+    DELLA has a dozen such operations: docs/benchmarks.md). The entries'
+    positions (``kernels.column_block``) and so the bytes are the same.
+    """
+    width = base.shape[-1]
+    step = max(1, EAGER_BLOCK // max(1, base.numel() // width))
+    if step >= width:
+        fn(base, out, pf, pi, extra, *rest)
+        return
+
+    def cut(t, lo: int, hi: int):
+        if isinstance(t, list):
+            return [cut(x, lo, hi) for x in t]
+        return t[..., lo:hi] if t.dim() and t.shape[-1] == width else t
+
+    for lo in range(0, width, step):
+        hi = min(width, lo + step)
+        block = [cut(t, lo, hi) for t in (base, out, *rest)]
+        blocked_extra = extra if extra is pf else cut(extra, lo, hi)
+        with kernels.column_block(lo, width):
+            fn(block[0], block[1], pf, pi, blocked_extra, *block[2:])
 
 
 @dataclass

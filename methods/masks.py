@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -49,15 +50,46 @@ def stable_ranks(delta: torch.Tensor, per_row: bool) -> torch.Tensor:
     Ties break by position: the earlier entry gets the lower rank.
     """
     mag = as_rows(delta, per_row).abs()
-    if mag.dtype == torch.float32:
-        # Non-negative float32 values order exactly as their int32 bit patterns,
-        # and integer sorts are markedly faster.
-        mag = mag.view(torch.int32)
-    order = torch.argsort(mag, dim=-1, stable=True)
+    if mag.device.type == "cpu" and mag.dtype == torch.float32:
+        order = _row_order_cpu(mag)
+    else:
+        if mag.dtype == torch.float32:
+            # Non-negative float32 values order exactly as their int32 bit
+            # patterns, and integer sorts are markedly faster.
+            mag = mag.view(torch.int32)
+        order = torch.argsort(mag, dim=-1, stable=True)
     ranks = torch.empty_like(order)
     n = mag.shape[-1]
     ranks.scatter_(-1, order, torch.arange(n, device=mag.device).expand_as(order))
     return ranks.reshape(delta.shape)
+
+
+_sort_pool: ThreadPoolExecutor | None = None
+
+
+def _row_order_cpu(mag: torch.Tensor) -> torch.Tensor:
+    """Each row's stable ascending order of the non-negative float32 ``mag``.
+
+    Sorts 64-bit keys (the value's bit pattern above the column): all distinct,
+    so any sort gives the stable order, and NumPy's SIMD sort of them, over the
+    rows split between threads, takes about half the time of torch's stable
+    argsort (docs/benchmarks.md, design measurements).
+    """
+    rows, n = mag.shape
+    keys = np.empty((rows, n), dtype=np.int64)
+    words = keys.view(np.int32).reshape(rows, n, 2)  # little-endian: (low, high)
+    words[..., 1] = mag.view(torch.int32).numpy()
+    words[..., 0] = np.arange(n, dtype=np.int32)
+    threads = min(rows, torch.get_num_threads())
+    if threads > 1 and keys.size >= 1 << 20:
+        global _sort_pool
+        if _sort_pool is None:
+            _sort_pool = ThreadPoolExecutor(torch.get_num_threads(), "mergeopt-sort")
+        parts = np.array_split(keys, threads)
+        list(_sort_pool.map(lambda part: part.sort(axis=-1), parts))
+    else:
+        keys.sort(axis=-1)
+    return torch.from_numpy(words[..., 0]).long()
 
 
 def _row_counts(mask: torch.Tensor) -> torch.Tensor:

@@ -90,8 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--compile",
         choices=("auto", "always", "never"),
         default="auto",
-        help="torch.compile the fused kernels: auto (only random draws, where one run "
-        "repays it), always, never; the merged bytes are the same",
+        help="torch.compile the fused kernels: auto (only the random draws of DARE and "
+        "DELLA, on models large enough to repay it), always, never; the merged bytes "
+        "are the same",
     )
 
     def study_parser(name: str, help: str, description: str) -> argparse.ArgumentParser:
@@ -350,9 +351,10 @@ def cmd_merge(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from optimizer.runtime import setup_process
+    from optimizer.runtime import keep_freed_memory, setup_process
 
     setup_process()  # before torch (and with it tqdm) is imported
+    keep_freed_memory()
     from optimizer.errors import MergeoptError
 
     args = build_parser().parse_args(argv)

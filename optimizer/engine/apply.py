@@ -67,15 +67,27 @@ def merge_now(
     return plan.result
 
 
-def worth_compiling_once(plan: Plan) -> bool:
-    """Whether a kernel launched once (a one-shot merge) repays its compilation.
+# Task-vector entries a one-shot merge must draw random masks for before
+# compiling the draws repays it: a cold compile costs 30-45 s (two graphs per
+# kernel: the first shape, then the dynamic one), eager draws about 8-11 ns per
+# entry more than compiled ones (docs/benchmarks.md, design measurements).
+COMPILE_DRAWS_MIN_ENTRIES = 5 * 10**9
 
-    Eager torch runs a fused kernel as separate whole-tensor ops. For weighted
-    sums, magnitude windows, TIES' election and Model Stock those are a few
-    memory-bound passes, cheaper than compiling a kernel used once per shape.
-    The random draws of DARE and DELLA are not: eagerly, each of the counter
-    hash's integer ops builds a full-size temporary, several times the compile
-    cost. ``bench/merge_vs_mergekit.py --compile auto|always|never`` measures
-    the choice (docs/benchmarks.md).
+
+def worth_compiling_once(plan: Plan, merge_entries: int) -> bool:
+    """Whether a kernel a one-shot merge launches once per tensor repays its
+    compilation; ``merge_entries``: task-vector entries of the whole merge
+    (float entries of the model times experts).
+
+    Run eagerly a block at a time (methods.launch), weighted sums, magnitude
+    windows, TIES' election and Model Stock stay near memory speed: never worth
+    a compile. The counter hash of DARE's and DELLA's draws is a dozen integer
+    ops per entry: compiled, it repays the compilation on models of a few
+    billion parameters (``COMPILE_DRAWS_MIN_ENTRIES``), not below.
+    ``bench/merge_vs_mergekit.py --compile auto,never,always`` measures it.
     """
-    return isinstance(plan, KernelCall) and plan.sparsify in HASHED_DRAWS
+    return (
+        isinstance(plan, KernelCall)
+        and plan.sparsify in HASHED_DRAWS
+        and merge_entries >= COMPILE_DRAWS_MIN_ENTRIES
+    )

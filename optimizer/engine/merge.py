@@ -50,21 +50,26 @@ def merge_tensor(
     seed: int,
     device: torch.device | str = "cpu",
     compile: str = "auto",
+    merge_entries: int | None = None,
 ) -> torch.Tensor:
     """The merged tensor in the working dtype; NaN or inf is an error.
 
-    ``compile``: "auto" compiles a kernel only where one launch repays it
-    (``worth_compiling_once``), "always" or "never" (the same bytes either way).
+    ``compile``: "auto" compiles a kernel only where one launch per tensor
+    repays it (``worth_compiling_once``, given the whole merge's task-vector
+    entries ``merge_entries``, by default this tensor's), "always" or "never"
+    (the same bytes either way).
     """
     wd = work_dtype(reference.dtype)
     base = reference.to(device=device, dtype=wd)
     # Checkpoint.get returns fresh tensors: experts become task vectors in place.
     deltas = [x.to(device=device, dtype=wd).sub_(base) for x in experts]
-    # each kernel runs once per tensor here: compiled only where that repays
-    # the compilation (engine.apply.worth_compiling_once); the same bytes either way
     ctx = TensorContext(name, compat, seed)
     plan = plan_tensor(method, base, deltas, params, ctx)
-    wanted = compile == "always" or (compile == "auto" and worth_compiling_once(plan))
+    if merge_entries is None:
+        merge_entries = base.numel() * len(deltas)
+    wanted = compile == "always" or (
+        compile == "auto" and worth_compiling_once(plan, merge_entries)
+    )
     launch_plans([plan], base.device.type == "cpu" and wanted, method)
     return plan.result
 
@@ -172,6 +177,9 @@ def run_merge(
     ]
     config_dtype = out_dtype or (float_dtypes[0] if float_dtypes else torch.float32)
     check_free_space(out, output_bytes(specs))
+    merge_entries = len(experts) * sum(
+        math.prod(info.shape) for info in reference.tensors.values() if info.dtype.is_floating_point
+    )
 
     with staged_folder(out, force) as folder:
         writer = ShardedWriter(folder, specs, max_shard_bytes)
@@ -189,6 +197,7 @@ def run_merge(
                         cfg.seed,
                         device,
                         compile,
+                        merge_entries,
                     )
                 else:
                     merged = ref_t

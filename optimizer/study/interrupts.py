@@ -43,9 +43,13 @@ class Interrupts:
         self._pending = False  # a second Ctrl-C during the clean-up: already stopping
 
     def _handle(self, signum: int, frame: object) -> None:
+        # Pending even when raised: the handler runs wherever the main thread
+        # is, and a KeyboardInterrupt raised inside a finalizer or a weakref
+        # callback (SQLAlchemy's, during a garbage collection) is printed and
+        # ignored, so the next check() must still stop the worker.
+        self._pending = True
         if self._open:
             raise KeyboardInterrupt
-        self._pending = True
 
     def check(self) -> None:
         """Raise the KeyboardInterrupt of a signal that came during a write."""

@@ -18,3 +18,11 @@ def test_the_readme_lists_every_key_as_declared():
         "README.md's config keys differ from the schema; paste the output of "
         "`python -m optimizer.config.reference_tables` between the markers"
     )
+
+
+def test_the_readmes_method_list_names_every_registered_method():
+    from methods import METHODS
+
+    intro = README.read_text().split("## Quick start")[0]
+    missing = [m for m in METHODS if f"{m}" not in re.findall(r"[a-z_]+", intro)]
+    assert not missing, f"README.md's method list lacks {missing}"

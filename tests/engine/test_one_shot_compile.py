@@ -1,8 +1,8 @@
 """One-shot merges compile a kernel only where one launch repays it, same bytes.
 
 Each kernel of a one-shot merge runs once per tensor, so compiling it costs
-more than it saves, except for the random draws of DARE and DELLA, whose
-eager form builds a full-size temporary per hash operation
+more than it saves, except for the random draws of DARE and DELLA (a dozen
+integer ops per entry) on models of billions of parameters
 (``engine.apply.worth_compiling_once``; measured in docs/benchmarks.md).
 """
 
@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from methods import METHODS
+from optimizer.config.merge_config import MergeConfig
 from optimizer.engine import merge as one_shot
+from optimizer.engine.apply import COMPILE_DRAWS_MIN_ENTRIES
 
 NAME = "model.layers.0.mlp.up_proj.weight"
 
@@ -53,7 +56,8 @@ def test_compile_modes_give_the_same_bytes(method):
     assert torch.equal(out["never"], out["always"]) and torch.equal(out["auto"], out["never"])
 
 
-def test_auto_compiles_only_the_random_draws(monkeypatch):
+@pytest.mark.parametrize("large", [False, True])
+def test_auto_compiles_only_the_random_draws_of_large_merges(monkeypatch, large):
     compiled = {}
     real = one_shot.launch_plans
 
@@ -63,15 +67,54 @@ def test_auto_compiles_only_the_random_draws(monkeypatch):
 
     monkeypatch.setattr(one_shot, "launch_plans", spy)
     ref, experts = inputs()
+    entries = COMPILE_DRAWS_MIN_ENTRIES if large else COMPILE_DRAWS_MIN_ENTRIES - 1
     for method in ("linear", "task_arithmetic", "ties", "breadcrumbs", "dare_ties", "della"):
         one_shot.merge_tensor(
-            METHODS[method], NAME, ref, [e.clone() for e in experts], params(method), "paper", 3
+            METHODS[method],
+            NAME,
+            ref,
+            [e.clone() for e in experts],
+            params(method),
+            "paper",
+            3,
+            merge_entries=entries,
         )
     assert compiled == {
         "linear": False,
         "task_arithmetic": False,
         "ties": False,
         "breadcrumbs": False,
-        "dare_ties": True,
-        "della": True,
+        "dare_ties": large,
+        "della": large,
     }
+
+
+def test_a_small_one_shot_merge_compiles_nothing(monkeypatch, tmp_path):
+    """SmolLM2-sized merges stay eager: run_merge passes the whole model's
+    task-vector entries, not one tensor's."""
+    seen = []
+    real = one_shot.worth_compiling_once
+
+    def spy(plan, merge_entries):
+        seen.append(merge_entries)
+        return real(plan, merge_entries)
+
+    monkeypatch.setattr(one_shot, "worth_compiling_once", spy)
+    from tiny_models import build_tokenizer, perturbed_copy, save_model, tiny_llama
+
+    tok = build_tokenizer(["a", "b"])
+    model = tiny_llama(len(tok))
+    base = save_model(model, tok, tmp_path / "b")
+    e1 = save_model(perturbed_copy(model, 0.01, 1), tok, tmp_path / "e1")
+    e2 = save_model(perturbed_copy(model, 0.01, 2), tok, tmp_path / "e2")
+    cfg = MergeConfig.from_dict(
+        {
+            "merge_method": "dare_ties",
+            "base_model": str(base),
+            "models": [{"model": str(e1)}, {"model": str(e2)}],
+            "parameters": {"density": 0.5, "weight": 0.5},
+        }
+    )
+    one_shot.run_merge(cfg, tmp_path / "out")
+    floats = sum(t.numel() for t in load_file(base / "model.safetensors").values())
+    assert seen and set(seen) == {2 * floats}

@@ -38,6 +38,23 @@ def test_stable_ranks_break_ties_by_position():
     assert stable_ranks(d, True).tolist() == [[3, 1, 2, 4, 0]]
 
 
+@pytest.mark.parametrize(
+    "shape,per_row", [((1100, 1000), True), ((3, 7), True), ((300, 20), False)]
+)
+def test_stable_ranks_equal_a_stable_argsort_on_both_cpu_paths(shape, per_row):
+    """The CPU path sorts (bits, column) keys with NumPy, over threads above
+    2^20 entries (the first shape): the ranks of torch's stable argsort."""
+    gen = torch.Generator().manual_seed(0)
+    d = torch.randint(-40, 41, shape, generator=gen).float() / 8  # many ties, ±0
+    d.view(-1)[::7] = -0.0
+    rows = d.reshape(-1, shape[-1]) if per_row else d.reshape(1, -1)
+    order = torch.argsort(rows.abs(), dim=-1, stable=True)
+    want = torch.empty_like(order).scatter_(
+        -1, order, torch.arange(rows.shape[-1]).expand_as(order)
+    )
+    assert torch.equal(stable_ranks(d, per_row), want.reshape(shape))
+
+
 def test_floor_count_is_robust_to_binary_rounding():
     beta = 1 - 0.9 - 0.01  # 0.0899999... in binary
     assert floor_count(beta, 100) == 9

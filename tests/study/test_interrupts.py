@@ -17,10 +17,12 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from conftest import write_study
 from optuna.trial import TrialState
 
 from optimizer.config.study_config import StudyConfig
+from optimizer.study.interrupts import Interrupts
 from optimizer.study.study import Study
 
 PHASES = ("claimed", "materialize", "evaluate", "record", "recorded")
@@ -71,3 +73,27 @@ def test_an_interrupt_at_any_point_leaves_no_running_trial(study_zoo, tmp_path):
             assert retries[0].system_attrs["fixed_params"] == t.params, where
     assert completed  # the workers did work between the interrupts
     assert interrupted  # and some interrupts landed inside a trial
+
+
+class _Finalized:
+    """An object whose finalizer is where the signal handler happens to run."""
+
+    def __init__(self, interrupts: Interrupts) -> None:
+        self.interrupts = interrupts
+
+    def __del__(self) -> None:
+        self.interrupts._handle(signal.SIGINT, None)
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_a_signal_whose_interrupt_is_swallowed_still_stops_the_worker():
+    # Python prints and ignores an exception raised in a finalizer or a weakref
+    # callback (once SQLAlchemy's, during a garbage collection in the middle
+    # of scoring): the worker then ran the study to its end.
+    interrupts = Interrupts()
+    with interrupts:
+        with interrupts.interruptible():
+            _Finalized(interrupts)  # dropped at once: its KeyboardInterrupt is ignored
+        with pytest.raises(KeyboardInterrupt):
+            interrupts.check()
+        interrupts.check()  # raised once
