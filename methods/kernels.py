@@ -126,24 +126,30 @@ def _unpack_ranks(words: torch.Tensor, half: int) -> torch.Tensor:
 
 
 def _kept(mask: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """x where ``mask`` is set, else +0, as arithmetic: x · mask + 0.
+    """x where ``mask`` is set, else +0.
 
-    A ``torch.where`` is many times slower than a multiply in eager torch (the
-    one-shot path); compiled, both are one instruction. Inputs are finite, so
-    no 0 · inf arises; the + 0 turns the -0 of a dropped negative entry into the
-    +0 a where would give (a kept -0 becomes +0 too: zeros lose their sign).
-    Here and below, results are updated in place where the kernel owns them:
-    eagerly, every new tensor costs an allocation (docs/benchmarks.md).
+    Compiled, a select (``torch.where``). Eagerly, arithmetic: x · mask + 0, as a
+    ``where`` is many times slower than a multiply in eager torch (the one-shot
+    path) and, compiled, the arithmetic is the slower one (docs/benchmarks.md,
+    design measurements). Inputs are finite, so no 0 · inf arises; the + 0
+    turns the -0 of a dropped negative entry into the +0 a where gives (a kept
+    -0, from an expert's -0 over a base's +0, becomes +0: the same number).
+    Here and below, eager results are updated in place where the kernel owns
+    them: eagerly, every new tensor costs an allocation.
     """
+    if torch.compiler.is_compiling():
+        return torch.where(mask, x, 0.0)
     kept = x * mask
     kept += 0.0
     return kept
 
 
 def _below(u: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
-    """1.0 where u < q, else 0.0: relu(sign(q - u)), exact for finite floats
-    (q - u is 0 only where they are equal), and in eager torch several times
-    faster than a comparison's bool tensor times a float one."""
+    """u < q: compiled, the comparison; eagerly, 1.0 or 0.0 from relu(sign(q - u)),
+    exact for finite floats (q - u is 0 only where they are equal) and several
+    times faster than a comparison's bool tensor times a float one."""
+    if torch.compiler.is_compiling():
+        return u < q
     m = q - u
     m.sign_().relu_()
     return m
@@ -247,6 +253,35 @@ def consensus(
     m = Σ_agree c[t, 1] τ_t, divided by Σ_agree c[t, 1] when normalizing (0
     where nobody agrees).
     """
+    if torch.compiler.is_compiling():
+        return _consensus_selects(base, taus, c, g)
+    return _consensus_arithmetic(base, taus, c, g)
+
+
+def _consensus_selects(
+    base: torch.Tensor, taus: Sequence[torch.Tensor], c: torch.Tensor, g: torch.Tensor
+) -> torch.Tensor:
+    """consensus with comparisons and selects: the faster form compiled."""
+    votes = taus[0] * c[:, 0, 0]
+    for t in range(1, len(taus)):
+        votes = votes + taus[t] * c[:, t, 0]
+    positive = votes >= 0
+    num = torch.zeros_like(base)
+    den = torch.zeros_like(base)
+    for t, tau in enumerate(taus):
+        side = tau * c[:, t, 2]
+        agree = torch.where(positive, side > 0, side < 0)
+        num = num + torch.where(agree, tau * c[:, t, 1], 0.0)
+        den = den + torch.where(agree, c[:, t, 1], 0.0)
+    merged = torch.where(g[:, 1] > 0, num / torch.where(den == 0, 1.0, den), num)
+    return base + merged * g[:, 0]
+
+
+def _consensus_arithmetic(
+    base: torch.Tensor, taus: Sequence[torch.Tensor], c: torch.Tensor, g: torch.Tensor
+) -> torch.Tensor:
+    """consensus in float arithmetic, in place: the faster form in eager torch,
+    where comparisons and bool tensors are slow; the same bytes."""
     votes = taus[0] * c[:, 0, 0]
     for t in range(1, len(taus)):
         votes += taus[t] * c[:, t, 0]

@@ -298,3 +298,31 @@ def test_eager_kernels_run_in_blocks_give_the_whole_tensor_bytes(method, compat,
         monkeypatch.setattr(launch, "EAGER_BLOCK", 1000)
         blocks = run_method(spec, base.clone(), [d.clone() for d in deltas], p, ctx)
         assert torch.equal(whole, blocks), (method, compat, params)
+
+
+@pytest.mark.parametrize("normalize", [0.0, 1.0])
+def test_the_election_gives_the_same_bytes_compiled_and_eager(normalize):
+    """Compiled kernels elect with compares and selects, eager ones with float
+    arithmetic (each the faster form there): both on ties of the vote, zero and
+    signed-zero task vectors, nobody agreeing, and mixed agreement signs."""
+    from methods import kernels
+
+    gen = torch.Generator().manual_seed(5)
+    slots, m, e = 3, 400, 3
+    base = torch.randn(slots, m, generator=gen)
+    base[:, :20] = 0.0
+    taus = []
+    for t in range(e):
+        tau = torch.round(torch.randn(slots, m, generator=gen) * 3) / 4  # many exact zeros
+        tau[:, 10:30] = -0.0 if t % 2 else 0.0
+        tau[:, 30:40] = (1.0, -1.0, 0.0)[t]  # a tied vote: -1 + 1 + 0
+        taus.append(tau)
+    c = torch.rand(slots, e, 3, 1, generator=gen)
+    c[:, :, 0] = 1.0  # equal vote weights, so the tied vote is exactly 0
+    c[0, :, 2] = 1.0
+    c[1, :, 2] = torch.tensor([1.0, -1.0, 0.0]).view(e, 1)
+    c[2, 1, 1] = 0.0  # a zero merge weight
+    g = torch.tensor([[1.3, normalize]]).view(1, 2, 1).expand(slots, 2, 1)
+    selects = kernels._consensus_selects(base, taus, c, g)
+    arithmetic = kernels._consensus_arithmetic(base, [t.clone() for t in taus], c, g)
+    assert torch.equal(selects.view(torch.int32), arithmetic.view(torch.int32))
