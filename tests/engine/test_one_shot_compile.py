@@ -37,22 +37,17 @@ def params(method: str, n: int = 2) -> dict:
     }
 
 
+def merge_one(method: str, **options) -> torch.Tensor:
+    """One tensor merged the one-shot way at the method's start point."""
+    ref, experts = inputs()
+    return one_shot.merge_tensor(
+        METHODS[method], NAME, ref, experts, params(method), "paper", 3, **options
+    )
+
+
 @pytest.mark.parametrize("method", ["dare_ties", "della", "ties", "breadcrumbs", "model_stock"])
 def test_compile_modes_give_the_same_bytes(method):
-    ref, experts = inputs()
-    out = {
-        mode: one_shot.merge_tensor(
-            METHODS[method],
-            NAME,
-            ref,
-            [e.clone() for e in experts],
-            params(method),
-            "paper",
-            3,
-            compile=mode,
-        )
-        for mode in ("never", "always", "auto")
-    }
+    out = {mode: merge_one(method, compile=mode) for mode in ("never", "always", "auto")}
     assert torch.equal(out["never"], out["always"]) and torch.equal(out["auto"], out["never"])
 
 
@@ -66,19 +61,9 @@ def test_auto_compiles_only_the_random_draws_of_large_merges(monkeypatch, large)
         return real(plans, compile, method)
 
     monkeypatch.setattr(one_shot, "launch_plans", spy)
-    ref, experts = inputs()
     entries = COMPILE_DRAWS_MIN_ENTRIES if large else COMPILE_DRAWS_MIN_ENTRIES - 1
     for method in ("linear", "task_arithmetic", "ties", "breadcrumbs", "dare_ties", "della"):
-        one_shot.merge_tensor(
-            METHODS[method],
-            NAME,
-            ref,
-            [e.clone() for e in experts],
-            params(method),
-            "paper",
-            3,
-            merge_entries=entries,
-        )
+        merge_one(method, merge_entries=entries)
     assert compiled == {
         "linear": False,
         "task_arithmetic": False,
