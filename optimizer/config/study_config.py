@@ -72,7 +72,13 @@ OBJECTIVE_KEYS = (
     Key("batch_size", ("int",), 16, "lm-eval batch size", at_least(1)),
     Key("limit", ("int",), None, "examples per task per trial", at_least(1)),
     Key("multi_objective", ("bool",), False, "one objective per task (Pareto front)"),
-    Key("backend", ("str",), "hf", "the evaluator backend", one_of(tuple(BACKENDS))),
+    Key(
+        "backend",
+        ("str",),
+        "fast",
+        "the evaluator backend: fast (each context once) or hf (lm-eval's HFLM)",
+        one_of(tuple(BACKENDS)),
+    ),
 )
 TASK_KEYS = (
     Key("task", ("str",), REQUIRED, "task name or YAML path"),
@@ -129,7 +135,7 @@ class StudyConfig:
     heartbeat_interval: int
     cache_ranks: bool
     max_consecutive_failures: int = 5
-    backend: str = "hf"  # the evaluator backend (optimizer.evaluate.BACKENDS)
+    backend: str = "fast"  # the evaluator backend (optimizer.evaluate.BACKENDS)
     # fuse each candidate's elementwise math with torch.compile on the CPU
     compile_kernels: bool = True
     # unpickling and a model's own Python code can run anything: off unless asked

@@ -14,6 +14,7 @@ from optimizer.evaluate.base import Evaluator, TaskObjective, weighted_mean
 # name -> "module:Class"
 BACKENDS: dict[str, str] = {
     "hf": "optimizer.evaluate.harness:HarnessEvaluator",
+    "fast": "optimizer.evaluate.fast:FastEvaluator",
 }
 
 

@@ -18,6 +18,9 @@ from typing import Any
 from optimizer.errors import ConfigError
 from optimizer.evaluate.base import TaskObjective, weighted_mean
 
+# lm-eval's default few-shot seed (simple_evaluate's fewshot_random_seed)
+FEWSHOT_SEED = 1234
+
 
 def _quiet_hflm() -> type:
     """HFLM without per-call progress bars (lm-eval enables them explicitly)."""
@@ -108,6 +111,10 @@ class HarnessEvaluator:
         tasks = self.heldout if heldout else self.search
         if tasks is None:
             return {}
+        for task in tasks["tasks"].values():
+            # the same few-shot examples for every trial, as lm-eval's
+            # simple_evaluate seeds them per call: unseeded, each call drew others
+            task.set_fewshot_seed(seed=FEWSHOT_SEED)
         results = evaluate(
             self.lm,
             tasks,
