@@ -9,6 +9,7 @@ queued again once; the trial itself runs unlocked, heartbeating.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -180,6 +181,27 @@ def claim(study: Study, budget: int) -> optuna.Trial | str:
         return trial
 
 
+# user attribute of a trial whose merge config equals a completed trial's
+REUSED_FROM = "reused_from"
+
+
+def _canonical(config: dict) -> str:
+    return json.dumps(config, sort_keys=True)
+
+
+def completed_twin(study: Study, config: dict) -> FrozenTrial | None:
+    """A completed trial whose stored merge config (method, values, seed) is
+    ``config``: the merge would give the same bytes, so its scores stand
+    without materializing or evaluating again (Model Stock has no parameter
+    to search, so each of its trials is one)."""
+    key = _canonical(json.loads(json.dumps(config)))  # as the storage gives it back
+    for t in study.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        stored = t.user_attrs.get("config")
+        if stored is not None and "scores" in t.user_attrs and _canonical(stored) == key:
+            return t
+    return None
+
+
 def score_trial(study: Study, trial: optuna.Trial) -> float | list[float]:
     """Materialize the trial's candidate into the resident model and score it."""
     import torch
@@ -187,6 +209,12 @@ def score_trial(study: Study, trial: optuna.Trial) -> float | list[float]:
     start = time.perf_counter()
     cand = study.candidate(trial.params)
     trial.set_user_attr("config", cand)
+    twin = completed_twin(study, cand)
+    if twin is not None:  # the same merge: the same bytes, the same scores
+        log.debug("trial %d reuses trial %d", trial.number, twin.number)
+        trial.set_user_attr(REUSED_FROM, twin.number)
+        trial.set_user_attr("scores", twin.user_attrs["scores"])
+        return twin.values if study.cfg.multi_objective else twin.value
 
     def fail(why: str, config_fault: bool = False) -> None:
         trial.set_user_attr("fail_reason", why)

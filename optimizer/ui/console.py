@@ -66,6 +66,11 @@ class TrialReporter:
             if timing
             else ""
         )
+        from optimizer.study.worker import REUSED_FROM
+
+        if REUSED_FROM in trial.user_attrs:
+            t = f" (the merge of trial {trial.user_attrs[REUSED_FROM]}: its scores reused)"
+
         console.print(
             f"trial {trial.number:>3} {method:<16} {what}{t} | {done}/{self.budget} done"
             f"{best} | {per_trial:.1f} s/trial | ETA {eta / 60:.1f} min",

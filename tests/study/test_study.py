@@ -423,3 +423,33 @@ def test_a_run_prints_no_third_party_progress_bars(study_zoo, tmp_path):
     printed = proc.stdout + proc.stderr
     assert "2/2 done" in proc.stdout and "exported trial" in proc.stdout
     assert "it/s]" not in printed and "%|" not in printed, printed  # tqdm's marks
+
+
+def test_a_repeated_merge_reuses_the_scores_without_evaluating(study_zoo, tmp_path, capsys):
+    """Model Stock has nothing to search: after its first trial, each of its
+    trials is the same merge, scored once."""
+    from optimizer.cli import main
+    from optimizer.study.worker import REUSED_FROM
+
+    path = write_study(tmp_path, study_zoo, methods=["model_stock"], n_trials=6)
+    study = open_study(path)
+    calls = []
+    score = study.evaluator.score
+    study.evaluator.score = lambda heldout=False: calls.append(heldout) or score(heldout)
+    assert study.run().completed == 6
+    trials = study.study.get_trials(states=(TrialState.COMPLETE,))
+    reused = [t for t in trials if REUSED_FROM in t.user_attrs]
+    assert reused  # the budget is larger than the distinct merges
+    by_number = {t.number: t for t in trials}
+    for t in reused:
+        twin = by_number[t.user_attrs[REUSED_FROM]]
+        assert REUSED_FROM not in twin.user_attrs
+        assert t.user_attrs["config"] == twin.user_attrs["config"]
+        assert (t.value, t.user_attrs["scores"]) == (twin.value, twin.user_attrs["scores"])
+        assert "timing" not in t.user_attrs  # kept out of the per-trial timings
+    assert calls.count(False) == 6 - len(reused)  # one scoring per distinct merge
+    distinct = {json.dumps(t.user_attrs["config"], sort_keys=True) for t in trials}
+    assert len(distinct) == 6 - len(reused)
+    # a resumed run shows it
+    assert main(["run", str(path), "--n-trials", "7", "--no-export"]) == 0
+    assert "its scores reused" in capsys.readouterr().out
