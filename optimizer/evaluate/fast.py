@@ -10,9 +10,8 @@ each. Here the requests that share a context become one packed row: the
 context once, then the continuations after it as a trie (a token several
 continuations begin with, once), each token attending to the context and to
 its own continuation's earlier tokens only, at the position it would have
-alone. Logits
-are computed only where a token is scored (``logits_to_keep``), and rows are
-batched by length. The numbers are HFLM's up to float rounding (the tests
+alone. Logits are computed only where a token is scored (``logits_to_keep``),
+and rows are batched by length. The numbers are HFLM's up to float rounding (the tests
 compare every request); rolling log-likelihoods go through the same scorer,
 generation is HFLM's.
 """
@@ -70,20 +69,20 @@ class PackedRow:
         return len(self.prefix) + len(self.tokens)
 
 
-def split_request(context: list[int], continuation: list[int], max_length: int):
-    """(prefix, continuation): the model input of HFLM's row for this request is
-    ``prefix + continuation[:-1]`` (left-truncated as HFLM does), so the
-    prefix's last position predicts the continuation's first token."""
+def prefix_of(context: list[int], continuation: list[int], max_length: int) -> tuple[int, ...]:
+    """The model input of HFLM's row for this request is ``prefix +
+    continuation[:-1]`` (left-truncated as HFLM does), so the prefix's last
+    position predicts the continuation's first token."""
     whole = (context + continuation)[-(max_length + 1) :]
-    return tuple(whole[: len(whole) - len(continuation)]), continuation
+    return tuple(whole[: len(whole) - len(continuation)])
 
 
 def pack(requests: Sequence[Request], max_length: int) -> list[PackedRow]:
     """Requests grouped by prefix, longest rows first (little padding per batch)."""
     rows: dict[tuple[int, ...], PackedRow] = {}
     for i, (_, context, continuation) in enumerate(requests):
-        prefix, cont = split_request(context, continuation, max_length)
-        rows.setdefault(prefix, PackedRow(prefix)).add(i, cont[:-1])
+        prefix = prefix_of(context, continuation, max_length)
+        rows.setdefault(prefix, PackedRow(prefix)).add(i, continuation[:-1])
     return sorted(rows.values(), key=lambda r: -r.length)
 
 

@@ -66,7 +66,7 @@ class TrialReporter:
             if timing
             else ""
         )
-        from optimizer.study.worker import REUSED_FROM
+        from optimizer.study.worker import REUSED_FROM  # here: the worker imports torch
 
         if REUSED_FROM in trial.user_attrs:
             t = f" (the merge of trial {trial.user_attrs[REUSED_FROM]}: its scores reused)"
