@@ -7,7 +7,7 @@ prefix ("It is a plant."), written here from the demo's data. Prints
 requests per second of each backend and the ratio, and checks both gave
 the same metric.
 
-    python bench/scorer.py [--repeat 3] [--batch-size 16] [--device cpu|cuda]
+    python bench/scorer.py [--repeat 3] [--batch-size 16|auto] [--device cpu|cuda]
 """
 
 from __future__ import annotations
@@ -58,7 +58,12 @@ def main() -> None:
     ap.add_argument(
         "--repeat", type=int, default=3, help="scorings per backend; the fastest counts"
     )
-    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument(
+        "--batch-size",
+        type=lambda v: v if v == "auto" else int(v),
+        default=16,
+        help="rows per batch, or auto (from free memory)",
+    )
     ap.add_argument("--device", default="cpu")
     args = ap.parse_args()
     from transformers import AutoModelForCausalLM, AutoTokenizer

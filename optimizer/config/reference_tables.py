@@ -12,6 +12,7 @@ from optimizer.config.schema import markdown_table
 from optimizer.config.study_config import (
     GRANULARITY_KEYS,
     OBJECTIVE_KEYS,
+    PRUNER_KEYS,
     SAMPLER_KEYS,
     STUDY_KEYS,
     TASK_KEYS,
@@ -21,6 +22,7 @@ SECTIONS = {
     "study file": STUDY_KEYS,
     "study file: objective": OBJECTIVE_KEYS,
     "study file: objective.tasks[]": TASK_KEYS,
+    "study file: objective.pruner (a mapping)": PRUNER_KEYS,
     "study file: granularity": GRANULARITY_KEYS,
     "study file: sampler (a mapping)": SAMPLER_KEYS,
     "merge config": MERGE_KEYS,

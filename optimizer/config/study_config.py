@@ -18,6 +18,7 @@ from optimizer.config.schema import REQUIRED, Key, at_least, one_of, positive, r
 from optimizer.errors import ConfigError
 from optimizer.evaluate import BACKENDS
 from optimizer.io.output_folder import DTYPE_NAMES
+from optimizer.study.pruning import PRUNERS, PrunerSpec
 from optimizer.study.samplers import SAMPLERS
 
 
@@ -31,6 +32,16 @@ def _device(device: str) -> str | None:
     if device in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:\d+", device):
         return None
     return f"must be auto, cpu, cuda or cuda:N, got {device!r}"
+
+
+def _batch_size(value: Any) -> str | None:
+    if isinstance(value, str):
+        return None if value == "auto" else f"must be a number of rows or auto, got {value!r}"
+    return at_least(1)(value)
+
+
+def _probability(value: float) -> str | None:
+    return None if 0 < value < 1 else f"must be between 0 and 1, got {value!r}"
 
 
 STUDY_KEYS = (
@@ -69,7 +80,13 @@ OBJECTIVE_KEYS = (
     Key("tasks", ("list",), REQUIRED, "the scored tasks"),
     Key("include_paths", ("strings",), None, "folders with task YAMLs (eval_tasks/ is built in)"),
     Key("num_fewshot", ("int",), None, "few-shot examples per prompt", at_least(0)),
-    Key("batch_size", ("int",), 16, "lm-eval batch size", at_least(1)),
+    Key(
+        "batch_size",
+        ("int", "str"),
+        16,
+        "rows per forward pass, or auto (from free memory)",
+        _batch_size,
+    ),
     Key("limit", ("int",), None, "examples per task per trial", at_least(1)),
     Key("multi_objective", ("bool",), False, "one objective per task (Pareto front)"),
     Key(
@@ -79,7 +96,44 @@ OBJECTIVE_KEYS = (
         "the evaluator backend: fast (each context once) or hf (lm-eval's HFLM)",
         one_of(tuple(BACKENDS)),
     ),
+    Key(
+        "pruner",
+        ("str", "mapping"),
+        "none",
+        "none | wilcoxon | hyperband, or {name, chunk, ...}: stop plainly worse trials early",
+    ),
 )
+PRUNER_KEYS = (
+    Key("name", ("str",), "none", "the pruner", one_of(PRUNERS)),
+    Key("chunk", ("int",), 32, "items scored between two pruning decisions", at_least(1)),
+    Key(
+        "p_threshold",
+        ("number",),
+        None,
+        "wilcoxon: prune below this p-value (default 0.1)",
+        _probability,
+    ),
+    Key(
+        "min_items",
+        ("int",),
+        None,
+        "hyperband: items of the first rung (default: chunk)",
+        at_least(1),
+    ),
+    Key(
+        "reduction_factor",
+        ("int",),
+        None,
+        "hyperband: 1 in this many goes on (default 3)",
+        at_least(2),
+    ),
+)
+# the pruner each of those keys belongs to
+PRUNER_OWN_KEYS = {
+    "p_threshold": "wilcoxon",
+    "min_items": "hyperband",
+    "reduction_factor": "hyperband",
+}
 TASK_KEYS = (
     Key("task", ("str",), REQUIRED, "task name or YAML path"),
     Key("metric", ("str",), "acc", "the metric scored"),
@@ -119,7 +173,7 @@ class StudyConfig:
     tasks: list[TaskSpec]
     include_paths: list[Path]
     num_fewshot: int | None
-    batch_size: int
+    batch_size: int | str
     limit: int | None
     multi_objective: bool
     sampler: str
@@ -136,6 +190,7 @@ class StudyConfig:
     cache_ranks: bool
     max_consecutive_failures: int = 5
     backend: str = "fast"  # the evaluator backend (optimizer.evaluate.BACKENDS)
+    pruner: PrunerSpec = field(default_factory=PrunerSpec)
     # fuse each candidate's elementwise math with torch.compile on the CPU
     compile_kernels: bool = True
     # unpickling and a model's own Python code can run anything: off unless asked
@@ -211,6 +266,12 @@ class StudyConfig:
             raise ConfigError(
                 f"{where}: sampler {sampler['name']} handles one objective; use nsga2 or tpe"
             )
+        pruner = _pruner(obj["pruner"], f"{where}: objective.pruner")
+        if pruner.active and multi:
+            raise ConfigError(
+                f"{where}: objective.pruner {pruner.name} compares one objective value; a "
+                "multi_objective study cannot prune. Set pruner: none or drop multi_objective."
+            )
         timeout = top["timeout"]
         export = Path(top["export"] or f"{name}-best").expanduser()
         export = export if export.is_absolute() else folder / export
@@ -232,6 +293,7 @@ class StudyConfig:
             limit=obj["limit"],
             multi_objective=multi,
             backend=obj["backend"],
+            pruner=pruner,
             sampler=sampler["name"],
             sampler_seed=sampler_seed,
             n_trials=top["n_trials"],
@@ -251,6 +313,19 @@ class StudyConfig:
             raw=dict(raw),
             notes=notes,
         )
+
+
+def _pruner(raw: Any, where: str) -> PrunerSpec:
+    """``pruner: wilcoxon`` or ``pruner: {name: wilcoxon, chunk: 16}``; a key of
+    another pruner (``reduction_factor`` with wilcoxon) is named, not ignored."""
+    section = read_section({"name": raw} if isinstance(raw, str) else raw, PRUNER_KEYS, where)
+    for key, owner in PRUNER_OWN_KEYS.items():
+        if section[key] is not None and section["name"] != owner:
+            raise ConfigError(
+                f"{where}: {key} applies to the {owner} pruner, not {section['name']!r}"
+            )
+    given = {k: v for k, v in section.items() if v is not None}
+    return PrunerSpec(**given)
 
 
 def _key(path: Path) -> Path:

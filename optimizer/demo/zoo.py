@@ -14,10 +14,10 @@ from __future__ import annotations
 import random
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from optimizer.demo.skills import SKILLS, splits
+from optimizer.demo.skills import SKILLS, Item, splits
 from optimizer.io.resources import cache_dir, demo_study
 
 Log = Callable[[str], None]
@@ -30,7 +30,8 @@ def default_workdir() -> Path:
 def finetune(
     base: Path,
     out: Path,
-    skill: str,
+    items: Sequence[Item],
+    label: str,
     steps: int = 40,
     batch_size: int = 16,
     lr: float = 5e-5,
@@ -38,7 +39,8 @@ def finetune(
     seed: int = 0,
     log: Log = print,
 ) -> Path:
-    """Fine-tune ``base`` on one skill's training items and save it to ``out``."""
+    """Fine-tune ``base`` on ``items`` (the loss on the answer's tokens only)
+    and save it to ``out``; ``label`` names the expert in the log."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -53,7 +55,6 @@ def finetune(
         p.requires_grad = any(f".layers.{i}." in name for i in range(first, layers))
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-    items = splits(skill)["train"]
     rng = random.Random(seed)
     model.train()
     start = time.perf_counter()
@@ -80,7 +81,7 @@ def finetune(
         opt.zero_grad(set_to_none=True)
         if step % 10 == 0 or step == steps - 1:
             log(
-                f"  {skill} expert: step {step + 1}/{steps} loss {loss.item():.3f} ({time.perf_counter() - start:.0f} s)"
+                f"  {label} expert: step {step + 1}/{steps} loss {loss.item():.3f} ({time.perf_counter() - start:.0f} s)"
             )
     model.eval()
     tmp = out.with_name(out.name + ".partial")
@@ -111,7 +112,7 @@ def build_zoo(zoo: Path, log: Log) -> dict[str, Path]:
             log(f"demo zoo: the {skill} expert already in {target}")
         else:
             log(f"demo zoo: fine-tuning the {skill} expert (a few minutes)")
-        models[skill] = finetune(models["base"], target, skill, log=log)
+        models[skill] = finetune(models["base"], target, splits(skill)["train"], skill, log=log)
     log(f"demo zoo: ready in {zoo} ({time.perf_counter() - start:.0f} s)")
     return models
 

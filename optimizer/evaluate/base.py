@@ -3,6 +3,9 @@
 A study needs three things from an evaluator: wrap the resident model once
 (``attach``), score it as it is now on the search splits or the held-out
 ones (``score``), and fold per-task scores into the objective (``combine``).
+A study that prunes also scores a few search items at a time: ``items``
+lists them and ``score_items`` gives each one's metric value, so a trial can
+be stopped after any chunk (``optimizer.study.pruning``).
 Tasks are lm-eval task configs (data, not code) whatever the backend; a new
 backend (a faster scorer, a remote server) is one class with these methods,
 registered by name in ``optimizer.evaluate``.
@@ -26,14 +29,27 @@ class TaskObjective:
     heldout: dict[str, Any] | None = None
 
 
+# one search item: (the objective's task name, the index of its document)
+Item = tuple[str, int]
+
+
 class Evaluator(Protocol):
     objectives: list[TaskObjective]
 
-    def attach(self, model: Any, tokenizer: Any, batch_size: int = 16) -> Evaluator:
-        """Wrap the resident model once; its weights then change in place per trial."""
+    def attach(self, model: Any, tokenizer: Any, batch_size: int | str = 16) -> Evaluator:
+        """Wrap the resident model once; its weights then change in place per trial.
+        ``batch_size`` is a number of rows or "auto" (picked from free memory)."""
 
     def score(self, heldout: bool = False) -> dict[str, float]:
         """Per-task metric values of the model as it is now; NaN is an error."""
+
+    def items(self) -> list[Item]:
+        """Every search item, task by task; a ConfigError if a task's metric is
+        not a mean over its items (then items cannot be scored apart)."""
+
+    def score_items(self, items: Sequence[Item]) -> list[float]:
+        """Each item's metric value, in the order given; the mean of a task's
+        items' values over all of them is that task's ``score``."""
 
 
 def weighted_mean(objectives: Sequence[TaskObjective], scores: Mapping[str, float]) -> float:

@@ -11,7 +11,8 @@ context once, then the continuations after it as a trie (a token several
 continuations begin with, once), each token attending to the context and to
 its own continuation's earlier tokens only, at the position it would have
 alone. Logits are computed only where a token is scored (``logits_to_keep``),
-and rows are batched by length. The numbers are HFLM's up to float rounding (the tests
+and rows are batched by length (``batch_size: auto``: as many as free
+memory holds, ``memory``). The numbers are HFLM's up to float rounding (the tests
 compare every request); rolling log-likelihoods go through the same scorer,
 generation is HFLM's.
 """
@@ -25,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from optimizer.evaluate.harness import HarnessEvaluator, _quiet_hflm
+from optimizer.evaluate.memory import free_bytes, rows_that_fit
 
 # attention implementations that take a custom 4D additive mask
 MASKABLE = ("eager", "sdpa")
@@ -148,15 +150,36 @@ def _fast_hflm() -> type:
         ) -> list[tuple[float, bool]]:
             if not packable(self.model) or self.backend != "causal":
                 return super()._loglikelihood_tokens(requests, disable_tqdm, override_bs)
-            size = override_bs or (self.batch_size if isinstance(self.batch_size, int) else 16)
             results: list[tuple[float, bool] | None] = [None] * len(requests)
             rows = pack(requests, self.max_length)
-            for start in range(0, len(rows), size):
-                self._score_rows(requests, rows[start : start + size], results)
+            if override_bs or isinstance(self.batch_size, int):
+                size = override_bs or self.batch_size
+                for start in range(0, len(rows), size):
+                    self._score_rows(requests, rows[start : start + size], results)
+            else:  # "auto": as many rows as free memory holds, batch by batch
+                self._score_auto(requests, rows, results)
             for (key, _, _), answer in zip(requests, results, strict=True):
                 if key is not None:
                     self.cache_hook.add_partial("loglikelihood", key, answer)
             return results  # type: ignore[return-value]
+
+        def _score_auto(self, requests, rows, results) -> None:
+            """Batches sized from free memory (half of it, as the estimate is
+            rough); on out-of-memory the budget halves and the batch is retried."""
+            budget = free_bytes(self.device) // 2
+            start = 0
+            while start < len(rows):
+                n = rows_that_fit(self.model.config, rows[start:], budget)
+                try:
+                    self._score_rows(requests, rows[start : start + n], results)
+                except torch.OutOfMemoryError:
+                    if n == 1:
+                        raise
+                    budget //= 2
+                    if self.device.type == "cuda":
+                        torch.cuda.empty_cache()
+                    continue
+                start += n
 
         @torch.no_grad()
         def _score_rows(self, requests, rows, results) -> None:
@@ -188,6 +211,6 @@ def _fast_hflm() -> type:
 class FastEvaluator(HarnessEvaluator):
     """The ``hf`` backend's tasks and metrics, scored by the packed scorer."""
 
-    def attach(self, model, tokenizer, batch_size: int = 16) -> FastEvaluator:
+    def attach(self, model, tokenizer, batch_size: int | str = 16) -> FastEvaluator:
         self.lm = _fast_hflm()(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
         return self

@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from optimizer.errors import ConfigError
-from optimizer.evaluate.base import TaskObjective, weighted_mean
+from optimizer.evaluate.base import Item, TaskObjective, weighted_mean
 
 # lm-eval's default few-shot seed (simple_evaluate's fewshot_random_seed)
 FEWSHOT_SEED = 1234
@@ -37,6 +37,11 @@ def _quiet_hflm() -> type:
             return super().generate_until(requests, disable_tqdm=True)
 
     return QuietHFLM
+
+
+def _metric_key(row: Mapping[str, Any], metric: str) -> str | None:
+    """The key of ``metric`` in a task's results row ("acc,none": metric, filter)."""
+    return next((k for k in row if k.split(",")[0] == metric), None)
 
 
 def _quiet() -> None:
@@ -100,42 +105,95 @@ class HarnessEvaluator:
                     )
         self.lm: Any = None
 
-    def attach(self, model: Any, tokenizer: Any, batch_size: int = 16) -> HarnessEvaluator:
+    def attach(self, model: Any, tokenizer: Any, batch_size: int | str = 16) -> HarnessEvaluator:
+        # "auto": HFLM's own search, from its max_batch_size down on out-of-memory
         self.lm = _quiet_hflm()(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
         return self
 
-    def score(self, heldout: bool = False) -> dict[str, float]:
-        """Per-task metric values; NaN becomes an error, never a score."""
+    def _evaluate(self, tasks: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
         from lm_eval.evaluator import evaluate
 
-        tasks = self.heldout if heldout else self.search
-        if tasks is None:
-            return {}
         for task in tasks["tasks"].values():
             # the same few-shot examples for every trial, as lm-eval's
             # simple_evaluate seeds them per call: unseeded, each call drew others
             task.set_fewshot_seed(seed=FEWSHOT_SEED)
-        results = evaluate(
+        return evaluate(
             self.lm,
             tasks,
-            limit=None if heldout else self.limit,
             cache_requests=False,
             bootstrap_iters=0,
-            log_samples=False,
             verbosity="ERROR",
-        )["results"]
+            **kwargs,
+        )
+
+    def score(self, heldout: bool = False) -> dict[str, float]:
+        """Per-task metric values; NaN becomes an error, never a score."""
+        tasks = self.heldout if heldout else self.search
+        if tasks is None:
+            return {}
+        results = self._evaluate(tasks, limit=None if heldout else self.limit, log_samples=False)[
+            "results"
+        ]
         scores: dict[str, float] = {}
         for o in self.objectives:
             cfg = o.heldout if heldout else o.config
             if cfg is None:
                 continue
-            row = results[cfg["task"]]
-            key = next((k for k in row if k.split(",")[0] == o.metric), None)
-            value = float(row[key]) if key is not None else math.nan
+            key = _metric_key(results[cfg["task"]], o.metric)
+            value = float(results[cfg["task"]][key]) if key is not None else math.nan
             if not math.isfinite(value):
                 raise ValueError(f"task {cfg['task']} gave a non-finite {o.metric}: {value}")
             scores[o.name] = value
         return scores
+
+    def items(self) -> list[Item]:
+        out: list[Item] = []
+        for o in self.objectives:
+            task = self.search["tasks"][o.config["task"]]
+            how = task.aggregation().get(o.metric)
+            if getattr(how, "__name__", None) != "mean":
+                raise ConfigError(
+                    f"objective.pruner scores a few items at a time, so each task's metric "
+                    f"must be a mean over its items; task {o.config['task']!r} aggregates "
+                    f"{o.metric} with {getattr(how, '__name__', how)!r}. Use pruner: none "
+                    "for this study."
+                )
+            n = len(task.eval_docs)
+            out += [(o.name, i) for i in range(min(n, self.limit or n))]
+        return out
+
+    def score_items(self, items: Sequence[Item]) -> list[float]:
+        """lm-eval scores the chosen documents only (``samples``); its per-document
+        metric values (the logged samples) are the items' values."""
+        wanted: dict[str, list[int]] = {}
+        for name, doc in items:
+            wanted.setdefault(name, []).append(doc)
+        by_name = {o.name: o for o in self.objectives}
+        tasks = {
+            by_name[n].config["task"]: self.search["tasks"][by_name[n].config["task"]]
+            for n in wanted
+        }
+        out = self._evaluate(
+            {"tasks": tasks, "groups": {}},
+            samples={by_name[n].config["task"]: sorted(docs) for n, docs in wanted.items()},
+            log_samples=True,
+        )
+        values: dict[Item, float] = {}
+        for name in wanted:
+            o = by_name[name]
+            task_name = o.config["task"]
+            key = _metric_key(out["results"][task_name], o.metric)
+            chosen = key.split(",", 1)[1] if key and "," in key else "none"
+            for sample in out["samples"][task_name]:
+                if sample["filter"] == chosen:
+                    value = float(sample[o.metric])
+                    if not math.isfinite(value):
+                        raise ValueError(
+                            f"task {task_name} gave a non-finite {o.metric} on document "
+                            f"{sample['doc_id']}: {value}"
+                        )
+                    values[(name, sample["doc_id"])] = value
+        return [values[item] for item in items]
 
     def combine(self, scores: Mapping[str, float]) -> float:
         return weighted_mean(self.objectives, scores)

@@ -17,6 +17,7 @@ from optuna.trial import FrozenTrial, TrialState
 from optimizer.config.merge_config import MergeConfig
 from optimizer.engine.merge import run_merge
 from optimizer.errors import ConfigError, MergeoptError
+from optimizer.study.pruning import PRUNED, score_in_chunks
 
 
 class ExportMismatch(MergeoptError):
@@ -40,6 +41,13 @@ def pick_trial(study, number: int | None) -> FrozenTrial:
         if match[0].state != TrialState.COMPLETE:
             raise ConfigError(
                 f"trial {number} is {match[0].state.name}, not COMPLETE; pick a completed trial"
+            )
+        pruned = match[0].user_attrs.get(PRUNED)
+        if pruned:
+            raise ConfigError(
+                f"trial {number} was pruned after {pruned['items']} of {pruned['of']} items: "
+                "its score is a partial mean, so it is never exported; pick a trial scored "
+                "on every item (mergeopt status lists the best)"
             )
         return match[0]
     best = study.best_trials(1)
@@ -89,7 +97,11 @@ def export_trial(
         evaluator = make_evaluator(
             study.cfg.backend, study.objectives, study.cfg.limit, study.cfg.num_fewshot
         )
-        reloaded = evaluator.attach(model, tok, study.cfg.batch_size).score()
+        evaluator.attach(model, tok, study.cfg.batch_size)
+        if study.plan is None:
+            reloaded = evaluator.score()
+        else:  # every item, in the chunks (and so with the prompts) the search used
+            reloaded = score_in_chunks(evaluator, study.plan, study.objectives).scores
         bad = {
             k: (recorded[k], reloaded.get(k))
             for k in recorded

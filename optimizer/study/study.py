@@ -31,6 +31,7 @@ from optimizer.io.resources import builtin_tasks
 from optimizer.study import _optuna, loop
 from optimizer.study.interrupts import Interrupts
 from optimizer.study.lock import study_lock
+from optimizer.study.pruning import PRUNED, ItemPlan, make_pruner
 from optimizer.study.samplers import check_sampler, make_sampler
 from optimizer.study.search_space import SearchSpace, allowed_methods
 from optimizer.study.storage import mask_url, open_storage
@@ -97,6 +98,12 @@ class Study:
         self.objectives = objectives_for(cfg)
         # Tasks are built (and metrics checked) before any model is loaded.
         self.evaluator = make_evaluator(cfg.backend, self.objectives, cfg.limit, cfg.num_fewshot)
+        # a pruning study scores the same items in the same order in every trial
+        self.plan = (
+            ItemPlan.build(self.evaluator.items(), self.objectives, cfg.seed, cfg.pruner.chunk)
+            if cfg.pruner.active
+            else None
+        )
         base = Checkpoint(cfg.base_model, cfg.allow_pickle)
         experts = [Checkpoint(p, cfg.allow_pickle) for p in cfg.models]
         check_compatible(base, experts)
@@ -127,6 +134,7 @@ class Study:
                 study_name=cfg.name,
                 storage=self.storage,
                 sampler=make_sampler(cfg.sampler, cfg.sampler_seed),
+                pruner=make_pruner(cfg.pruner, len(self.plan.order) if self.plan else 1),
                 directions=self.directions,
                 load_if_exists=True,
             )
@@ -139,9 +147,13 @@ class Study:
 
     def fingerprint(self) -> dict[str, Any]:
         cfg = self.cfg
+        # a pruned trial's value is a partial mean: not to be mixed with a study
+        # that scored every item (absent when off, as in studies made before it)
+        pruner = {"pruner": cfg.pruner.describe()} if cfg.pruner.active else {}
         return json.loads(
             json.dumps(
                 {
+                    **pruner,
                     "search_space": self.space.describe(),
                     "models": [str(p.resolve()) for p in [cfg.base_model, *cfg.models]],
                     "tasks": [[t.task, t.metric, t.weight, t.heldout] for t in cfg.tasks],
@@ -244,11 +256,21 @@ class Study:
             out[t.state] += 1
         return out
 
-    def best_trials(self, limit: int = 5) -> list[FrozenTrial]:
+    def pruned(self) -> list[FrozenTrial]:
+        """Completed trials stopped early: their values are partial means."""
         complete = self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        return [t for t in complete if PRUNED in t.user_attrs]
+
+    def best_trials(self, limit: int = 5) -> list[FrozenTrial]:
+        """The best trials scored on every item (a pruned one never is)."""
+        complete = [
+            t
+            for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            if PRUNED not in t.user_attrs
+        ]
         if not complete:
             return []
-        if self.cfg.multi_objective:
+        if self.cfg.multi_objective:  # never pruned (the config refuses it)
             return self.study.best_trials[:limit]
         return sorted(complete, key=lambda t: t.value, reverse=True)[:limit]
 

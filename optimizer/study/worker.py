@@ -24,6 +24,7 @@ from optimizer.config.merge_config import MergeConfig
 from optimizer.errors import ConfigError, MergeoptError
 from optimizer.study import _optuna
 from optimizer.study.heartbeat import TrialHeartbeat, beat, seconds_since_beat
+from optimizer.study.pruning import PRUNED, score_in_chunks
 from optimizer.study.samplers import make_sampler, trial_seed
 
 if TYPE_CHECKING:
@@ -139,7 +140,9 @@ def fail_and_retry(study: Study, t: FrozenTrial, reason: str) -> bool:
             x.user_attrs.get("retry_of") == t.number for x in _optuna.trials(storage, study.study)
         )
         if params and not queued:
-            study.study.enqueue_trial(params, user_attrs={"retry_of": t.number})
+            label = start_label(t)  # a retried start trial is still that reference
+            attrs = {"retry_of": t.number, **({START: label} if label else {})}
+            study.study.enqueue_trial(params, user_attrs=attrs)
         return True
 
 
@@ -212,9 +215,7 @@ def score_trial(study: Study, trial: optuna.Trial) -> float | list[float]:
     twin = completed_twin(study, cand)
     if twin is not None:  # the same merge: the same bytes, the same scores
         log.debug("trial %d reuses trial %d", trial.number, twin.number)
-        trial.set_user_attr(REUSED_FROM, twin.number)
-        trial.set_user_attr("scores", twin.user_attrs["scores"])
-        return twin.values if study.cfg.multi_objective else twin.value
+        return reuse(study, trial, twin)
 
     def fail(why: str, config_fault: bool = False) -> None:
         trial.set_user_attr("fail_reason", why)
@@ -235,24 +236,62 @@ def score_trial(study: Study, trial: optuna.Trial) -> float | list[float]:
     log.debug("trial %d evaluate", trial.number)
     try:
         with study.interrupts.interruptible():
-            scores = study.evaluator.score()
+            scores, pruned_value = evaluate(study, trial)
     except torch.OutOfMemoryError:
         fail("out of memory while evaluating the candidate")
     except Exception as e:  # noqa: BLE001 - any evaluation error fails only this trial
         fail(f"evaluation failed: {type(e).__name__}: {e}")
-    evaluate = time.perf_counter() - t_eval
+    evaluate_s = time.perf_counter() - t_eval
     trial.set_user_attr("scores", scores)
     trial.set_user_attr(
         "timing",
         {
             "materialize": round(materialize, 4),
-            "evaluate": round(evaluate, 4),
-            "other": round(time.perf_counter() - start - materialize - evaluate, 4),
+            "evaluate": round(evaluate_s, 4),
+            "other": round(time.perf_counter() - start - materialize - evaluate_s, 4),
         },
     )
+    if pruned_value is not None:
+        return pruned_value
     if study.cfg.multi_objective:
         return [scores[t.task] for t in study.cfg.tasks]
     return study.evaluator.combine(scores)
+
+
+def evaluate(study: Study, trial: optuna.Trial) -> tuple[dict[str, float], float | None]:
+    """The candidate's per-task scores, and its partial mean if it was pruned.
+
+    Without a pruner every item is scored at once. With one, the items go in
+    the study's fixed order a chunk at a time, reported to Optuna; a start
+    trial (the base, an expert alone: the references) is never pruned.
+    """
+    if study.plan is None:
+        return study.evaluator.score(), None
+    result = score_in_chunks(
+        study.evaluator,
+        study.plan,
+        study.objectives,
+        trial,
+        study.cfg.pruner.name,
+        may_prune=start_label(trial) is None,
+    )
+    if not result.pruned:
+        return result.scores, None
+    log.debug("trial %d pruned after %d of %d items", trial.number, result.items, result.of)
+    trial.set_user_attr(PRUNED, {"items": result.items, "of": result.of})
+    return result.scores, result.value
+
+
+def reuse(study: Study, trial: optuna.Trial, twin: FrozenTrial) -> float | list[float]:
+    """Take a completed twin's scores, value, pruned mark and the item values it
+    reported (so that a pruner comparing against it finds them here too)."""
+    trial.set_user_attr(REUSED_FROM, twin.number)
+    trial.set_user_attr("scores", twin.user_attrs["scores"])
+    if PRUNED in twin.user_attrs:
+        trial.set_user_attr(PRUNED, twin.user_attrs[PRUNED])
+    for step, value in sorted(twin.intermediate_values.items()):
+        trial.report(value, step)
+    return twin.values if study.cfg.multi_objective else twin.value
 
 
 def run_trial(study: Study, trial: optuna.Trial) -> tuple[float | list[float] | None, bool]:

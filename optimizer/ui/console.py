@@ -51,7 +51,16 @@ class TrialReporter:
         eta = per_trial * max(0, self.budget - done)
         method = trial.params.get("method", "?")
         timing = trial.user_attrs.get("timing", {})
-        if trial.state == TrialState.COMPLETE:
+        from optimizer.study.pruning import PRUNED
+        from optimizer.study.worker import REUSED_FROM  # here: the worker imports torch
+
+        pruned = trial.user_attrs.get(PRUNED)
+        if trial.state == TrialState.COMPLETE and pruned:
+            what = (
+                f"[yellow]pruned[/yellow] after {pruned['items']}/{pruned['of']} items "
+                f"(partial mean {trial.value:.4f})"
+            )
+        elif trial.state == TrialState.COMPLETE:
             if not self.multi and (self.best is None or trial.value > self.best):
                 self.best = trial.value
             value = ", ".join(f"{v:.4f}" for v in trial.values)
@@ -66,8 +75,6 @@ class TrialReporter:
             if timing
             else ""
         )
-        from optimizer.study.worker import REUSED_FROM  # here: the worker imports torch
-
         if REUSED_FROM in trial.user_attrs:
             t = f" (the merge of trial {trial.user_attrs[REUSED_FROM]}: its scores reused)"
 
@@ -79,12 +86,26 @@ class TrialReporter:
         sys.stdout.flush()
 
 
-def status_tables(study) -> list[Table]:
+def state_counts(study) -> dict[str, int]:
+    """Trials by state, a pruned trial (complete in Optuna: its value is a
+    partial mean) counted apart from those scored on every item."""
     counts = study.counts()
-    states = Table(title=f"study {study.cfg.name}: trials by state")
-    for s in TrialState:
-        states.add_column(s.name.lower(), justify="right")
-    states.add_row(*(str(counts[s]) for s in TrialState))
+    pruned = len(study.pruned())
+    out = {s.name.lower(): counts[s] for s in TrialState}
+    out["complete"] -= pruned
+    out["pruned"] += pruned
+    return out
+
+
+def status_tables(study) -> list[Table]:
+    counts = state_counts(study)
+    states = Table(
+        title=f"study {study.cfg.name}: trials by state",
+        caption="the budget (n_trials) counts complete and pruned trials",
+    )
+    for name in counts:
+        states.add_column(name, justify="right")
+    states.add_row(*(str(n) for n in counts.values()))
     tasks = [t.task for t in study.cfg.tasks]
     best = Table(title="best trials (search score | held-out score)")
     best.add_column("#", justify="right")
@@ -113,7 +134,7 @@ def status_tables(study) -> list[Table]:
 
 
 def timing_table(study) -> Table:
-    """Mean and median seconds per completed trial, split by phase."""
+    """Mean and median seconds per completed trial (pruned ones included), by phase."""
     import statistics
 
     trials = study.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))

@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import html
 import math
+import warnings
 from pathlib import Path
 
 import optuna
 from optuna.trial import TrialState
 
-from optimizer.ui.console import params_text
+from optimizer.study.pruning import PRUNED
+from optimizer.study.worker import REUSED_FROM
+from optimizer.ui.console import params_text, state_counts
 
 W, H, PAD = 640, 300, 40
 
@@ -35,6 +38,17 @@ def _axes(x_label: str, y_label: str, y_lo: float, y_hi: float) -> str:
     )
 
 
+def _dot(x: float, y: float, t) -> str:
+    """A full trial as a filled dot, a pruned one (a partial mean) as a hollow one."""
+    pruned = t.user_attrs.get(PRUNED)
+    what = f"pruned after {pruned['items']}/{pruned['of']} items, " if pruned else ""
+    fill = 'fill="none" stroke="#999"' if pruned else 'fill="#4477aa"'
+    return (
+        f'<circle cx="{x:.1f}" cy="{y:.1f}" r="3" {fill}><title>trial {t.number} '
+        f"{html.escape(t.params.get('method', ''))}: {what}{t.values[0]:.4f}</title></circle>"
+    )
+
+
 def history_svg(trials) -> str:
     if not trials:
         return "<p>No completed trials.</p>"
@@ -42,15 +56,13 @@ def history_svg(trials) -> str:
     ys = [t.values[0] for t in trials]
     sx = _scale(xs + [0], PAD, W - 20)
     sy = _scale(ys, H - PAD, 20)
-    dots = "".join(
-        f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="3" fill="#4477aa"><title>trial {x} '
-        f"{html.escape(t.params.get('method', ''))}: {y:.4f}</title></circle>"
-        for x, y, t in zip(xs, ys, trials)
-    )
+    dots = "".join(_dot(sx(x), sy(y), t) for x, y, t in zip(xs, ys, trials))
     best, pts = -math.inf, []
-    for x, y in zip(xs, ys):
-        best = max(best, y)
-        pts.append(f"{sx(x):.1f},{sy(best):.1f}")
+    for x, y, t in zip(xs, ys, trials):
+        if PRUNED not in t.user_attrs:  # the best so far is a full trial's
+            best = max(best, y)
+        if best > -math.inf:
+            pts.append(f"{sx(x):.1f},{sy(best):.1f}")
     line = f'<polyline points="{" ".join(pts)}" fill="none" stroke="#cc3311" stroke-width="2"/>'
     return f'<svg width="{W}" height="{H}">{_axes("trial", "objective", min(ys), max(ys))}{dots}{line}</svg>'
 
@@ -95,14 +107,22 @@ def importances(study, trials) -> tuple[dict[str, float], str]:
     sub = optuna.create_study(directions=study.directions)
     sub.add_trials(same)
     try:
-        imp = optuna.importance.get_param_importances(
-            sub,
-            evaluator=optuna.importance.PedAnovaImportanceEvaluator(),
-            target=lambda t: t.values[0],
-        )
+        with warnings.catch_warnings():  # "low target values": hence the minus
+            warnings.simplefilter("ignore", UserWarning)
+            imp = optuna.importance.get_param_importances(
+                sub,
+                evaluator=optuna.importance.PedAnovaImportanceEvaluator(),
+                # PED-ANOVA ranks what leads to *low* targets; objectives are maximized
+                target=lambda t: -t.values[0],
+            )
     except Exception:  # noqa: BLE001 - too few distinct values etc.
         return {}, ""
     return dict(imp), f"importance of each parameter among the {len(same)} {method} trials"
+
+
+def _reused(t) -> str:
+    twin = t.user_attrs.get(REUSED_FROM)
+    return f" (the merge of trial {twin}: scores reused)" if twin is not None else ""
 
 
 def write_report(study, out: Path) -> Path:
@@ -111,14 +131,14 @@ def write_report(study, out: Path) -> Path:
     check_output(out, force=True)  # a folder (new or not), in a writable place
     out.mkdir(parents=True, exist_ok=True)
     trials = study.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    counts = study.counts()
+    counts = state_counts(study)
     by_method: dict[str, int] = {}
     for t in trials:
         by_method[t.params.get("method", "?")] = by_method.get(t.params.get("method", "?"), 0) + 1
     imp, imp_label = importances(study.study, trials)
     rows = "".join(
         f"<tr><td>{t.number}</td><td>{html.escape(t.params.get('method', ''))}</td>"
-        f"<td>{', '.join(f'{v:.4f}' for v in t.values)}</td>"
+        f"<td>{', '.join(f'{v:.4f}' for v in t.values)}{_reused(t)}</td>"
         f"<td>{html.escape(str(t.user_attrs.get('scores', {})))}</td>"
         f"<td>{html.escape(str(study.heldout_scores(t) or ''))}</td>"
         f"<td>{html.escape(params_text(t.user_attrs.get('config', {})))}</td></tr>"
@@ -129,9 +149,9 @@ def write_report(study, out: Path) -> Path:
 <style>body{{font-family:sans-serif;max-width:960px;margin:2em auto}}td,th{{padding:2px 8px;border-bottom:1px solid #ddd;font-size:13px}}</style>
 </head><body>
 <h1>Study {html.escape(study.cfg.name)}</h1>
-<p>{", ".join(f"{s.name.lower()}: {n}" for s, n in counts.items() if n)}</p>
+<p>{", ".join(f"{name}: {n}" for name, n in counts.items() if n)}</p>
 <h2>Optimization history</h2>{history_svg(trials)}
-<p>Blue: each completed trial's objective; red: best so far.</p>
+<p>Blue: each completed trial's objective; hollow: a pruned trial's partial mean; red: best so far (of trials scored on every item).</p>
 <h2>Completed trials per method</h2>{bars_svg(dict(sorted(by_method.items(), key=lambda kv: -kv[1])), "trials per method")}
 <h2>Parameter importances</h2>{bars_svg(imp, imp_label)}
 {pareto_svg(study.study, trials)}

@@ -57,7 +57,12 @@ STUDY_CASES = [
     ({"granularity": {"layer_group_size": "2"}}, "granularity: layer_group_size must be an"),
     ({"granularity": {"filters": "mlp"}}, "granularity: filters must be a list of strings"),
     ({"granularity": 4}, "granularity must be a mapping, got 4"),
-    ({"objective": {"tasks": [TASK], "batch_size": "16"}}, "batch_size must be an integer"),
+    (
+        {"objective": {"tasks": [TASK], "batch_size": "16"}},
+        "batch_size must be a number of rows or auto, got '16'",
+    ),
+    ({"objective": {"tasks": [TASK], "batch_size": 0}}, "batch_size must be >= 1"),
+    ({"objective": {"tasks": [TASK], "batch_size": 2.5}}, "batch_size must be an integer or a"),
     ({"objective": {"tasks": [TASK], "limit": 0}}, "objective: limit must be >= 1, got 0"),
     ({"objective": {"tasks": [TASK], "multi_objective": "true"}}, "multi_objective must be true"),
     ({"objective": {"tasks": [TASK], "num_fewshot": -1}}, "num_fewshot must be >= 0, got -1"),

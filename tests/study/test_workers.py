@@ -66,11 +66,12 @@ def load(path: Path) -> optuna.Study:
 
 
 def start_points(trials) -> list[tuple]:
-    """The enqueued start trials, by their parameters (labels repeat)."""
+    """The enqueued start trials, by their parameters (labels repeat); a retry
+    of one keeps its label but is not a start point queued again."""
     return [
         tuple(sorted(t.system_attrs["fixed_params"].items()))
         for t in trials
-        if "start" in t.user_attrs
+        if "start" in t.user_attrs and "retry_of" not in t.user_attrs
     ]
 
 
@@ -139,12 +140,13 @@ def _snapshot(path: Path) -> dict[int, tuple]:
     return {t.number: (t.values, t.params) for t in trials}
 
 
-def test_sigkill_random_workers_at_random_moments(study_zoo, tmp_path, pg_url):
+@pytest.mark.parametrize("pruner", ["none", "wilcoxon"])
+def test_sigkill_random_workers_at_random_moments(study_zoo, tmp_path, pg_url, pruner):
+    """With pruning on, a kill mid-evaluation lands between two chunks of items."""
     rng = random.Random(int(os.environ.get("MERGEOPT_KILL_SEED", "7")))
     budget = 30
-    path = write_study(
-        tmp_path, study_zoo, storage=pg_url, n_trials=budget, objective=SLOW_OBJECTIVE
-    )
+    objective = dict(SLOW_OBJECTIVE, pruner={"name": pruner, "chunk": 8})
+    path = write_study(tmp_path, study_zoo, storage=pg_url, n_trials=budget, objective=objective)
     logs = [tmp_path / f"w{i}.log" for i in range(3)]
     procs = [worker(path, log, "--no-export") for log in logs]
     since = [0, 0, 0]  # log offset where each worker's current process starts

@@ -1,0 +1,152 @@
+"""Paired multi-fidelity pruning: every trial scores the same items in the same
+order, a chunk at a time, and may stop once it is plainly worse than the best.
+
+Merges of the same models are near-identical, so two candidates' results on
+the same item differ little and mostly in the same direction: a paired test
+(Optuna's ``WilcoxonPruner``, item by item against the best trial) tells a
+worse candidate apart after a fraction of the items, where comparing means
+would need them all. ``hyperband`` instead gives each trial a budget of items
+by successive halving. The order is shuffled once (seeded by the study's
+seed) so any prefix of it is a fair sample of every task.
+
+A pruned trial keeps the mean of the item values it saw as its value (Optuna's
+advice for Wilcoxon: the sampler learns from it) and is marked ``pruned``: it
+counts toward the budget like any completed trial but is never one of the best
+trials, never scored held-out and never exported. Item values are weighted so
+that their mean over all items is the objective (the weighted mean of the task
+means): a full trial's value is the same whichever way it was scored.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import optuna
+
+from optimizer.evaluate.base import Evaluator, Item, TaskObjective
+
+PRUNERS = ("none", "wilcoxon", "hyperband")
+# user attribute of a pruned trial: {"items": items scored, "of": all items}
+PRUNED = "pruned"
+
+
+@dataclass(frozen=True)
+class PrunerSpec:
+    """``objective.pruner`` of the study file."""
+
+    name: str = "none"
+    chunk: int = 32  # items scored between two pruning decisions
+    p_threshold: float = 0.1  # wilcoxon: prune when the paired test's p-value is below
+    min_items: int | None = None  # hyperband: the first rung (default: one chunk)
+    reduction_factor: int = 3  # hyperband: 1 in this many trials goes on at each rung
+
+    @property
+    def active(self) -> bool:
+        return self.name != "none"
+
+    def describe(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if v is not None}
+
+
+def make_pruner(spec: PrunerSpec, n_items: int) -> optuna.pruners.BasePruner:
+    if spec.name == "wilcoxon":
+        return optuna.pruners.WilcoxonPruner(p_threshold=spec.p_threshold)
+    if spec.name == "hyperband":
+        return optuna.pruners.HyperbandPruner(
+            min_resource=min(spec.min_items or spec.chunk, n_items),
+            max_resource=n_items,
+            reduction_factor=spec.reduction_factor,
+        )
+    return optuna.pruners.NopPruner()
+
+
+@dataclass
+class ItemPlan:
+    """The fixed order every trial scores the search items in, in chunks, and
+    each item's weight (its task's weight over its task's item count, scaled
+    so that the mean of all weighted values is the objective)."""
+
+    order: list[Item]
+    weights: dict[str, float]
+    chunk: int
+
+    @classmethod
+    def build(
+        cls, items: Sequence[Item], objectives: Sequence[TaskObjective], seed: int, chunk: int
+    ) -> ItemPlan:
+        order = list(items)
+        random.Random(seed).shuffle(order)
+        counts: dict[str, int] = {}
+        for name, _ in order:
+            counts[name] = counts.get(name, 0) + 1
+        total = sum(o.weight for o in objectives if o.name in counts)
+        weights = {
+            o.name: o.weight * len(order) / (counts[o.name] * total)
+            for o in objectives
+            if o.name in counts
+        }
+        return cls(order, weights, chunk)
+
+    def chunks(self) -> list[list[tuple[int, Item]]]:
+        """(position in the order, item) in chunks; the position is the item's
+        step in Optuna, the same for every trial (the pairing)."""
+        at = list(enumerate(self.order))
+        return [at[i : i + self.chunk] for i in range(0, len(at), self.chunk)]
+
+
+@dataclass
+class ChunkedScore:
+    """What scoring a trial item by item gave: per-task means of the items seen,
+    the trial's value, and how many items it saw."""
+
+    scores: dict[str, float]
+    value: float
+    items: int
+    of: int
+    raw: dict[str, list[float]] = field(default_factory=dict, repr=False)
+
+    @property
+    def pruned(self) -> bool:
+        return self.items < self.of
+
+
+def score_in_chunks(
+    evaluator: Evaluator,
+    plan: ItemPlan,
+    objectives: Sequence[TaskObjective],
+    trial: optuna.Trial | None = None,
+    pruner: str = "none",
+    may_prune: bool = True,
+) -> ChunkedScore:
+    """Score the plan's chunks in order, reporting each item to ``trial`` (its
+    weighted value at its position: Wilcoxon's pairs) or each chunk's running
+    mean at the items seen so far (Hyperband's resource), and stop early when
+    the study's pruner says so. Without a trial, every item is scored (the
+    export check: the same prompts the search saw)."""
+    raw: dict[str, list[float]] = {}
+    weighted: list[float] = []
+    chunks = plan.chunks()
+    for k, chunk in enumerate(chunks):
+        values = evaluator.score_items([item for _, item in chunk])
+        for (position, (name, _)), x in zip(chunk, values, strict=True):
+            raw.setdefault(name, []).append(x)
+            v = x * plan.weights[name]
+            weighted.append(v)
+            if trial is not None and pruner == "wilcoxon":
+                trial.report(v, position)
+        if trial is None:
+            continue
+        if pruner == "hyperband":
+            trial.report(math.fsum(weighted) / len(weighted), len(weighted))
+        if may_prune and k + 1 < len(chunks) and trial.should_prune():
+            break
+    scores = {
+        o.name: math.fsum(raw[o.name]) / len(raw[o.name]) for o in objectives if o.name in raw
+    }
+    return ChunkedScore(
+        scores, math.fsum(weighted) / len(weighted), len(weighted), len(plan.order), raw
+    )

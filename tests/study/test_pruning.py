@@ -1,0 +1,278 @@
+"""Paired multi-fidelity pruning: items in a fixed order, chunk by chunk, a
+pruned trial's partial mean kept, counted, never best, never exported.
+
+The study tests score items with a scripted rule on the merged weights (a
+candidate's quality is how close it lands to expert e1, each item passed with
+that probability from a fixed draw), so which candidates are worse is known;
+the item scoring of lm-eval itself is checked against whole-task scores on
+real models.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+
+import pytest
+import torch
+import yaml
+from conftest import demo_words, write_study
+from optuna.trial import TrialState
+from safetensors.torch import load_file
+from tiny_models import build_tokenizer, tiny_llama
+
+from optimizer.config.study_config import StudyConfig
+from optimizer.errors import ConfigError, MergeoptError
+from optimizer.evaluate import TaskObjective, make_evaluator
+from optimizer.evaluate.fast import FastEvaluator
+from optimizer.study.export import export_trial
+from optimizer.study.pruning import PRUNED, ItemPlan
+from optimizer.study.study import Study
+
+PROBE = "model.layers.0.mlp.down_proj.weight"
+
+
+def pruning_study(folder, zoo, pruner, n_trials=14, **overrides):
+    path = write_study(folder, zoo, n_trials=n_trials, **overrides)
+    cfg = yaml.safe_load(path.read_text())
+    cfg["objective"]["limit"] = 40  # 40 + 40 items
+    cfg["objective"]["pruner"] = pruner
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+@pytest.fixture
+def scripted(study_zoo, monkeypatch):
+    """Items scored by how close the resident model's probe tensor is to e1's:
+    e1 alone passes 85 % of the items, the base 5 %, a merge in between."""
+    target = load_file(next(study_zoo["e1"].glob("*.safetensors")))[PROBE]
+    base = load_file(next(study_zoo["base"].glob("*.safetensors")))[PROBE]
+    span = float((target - base).norm())
+    calls: list[int] = []
+
+    def quality(model) -> float:
+        w = dict(model.named_parameters())[PROBE].detach().float()
+        return min(0.85, max(0.05, 0.85 - 0.8 * float((w - target).norm()) / span))
+
+    def score_items(self, items):
+        calls.append(len(items))
+        q = quality(self.lm.model)
+        return [float(random.Random(f"{n}/{i}").random() < q) for n, i in items]
+
+    monkeypatch.setattr(FastEvaluator, "score_items", score_items)
+    return calls
+
+
+def open_study(path) -> Study:
+    return Study(StudyConfig.from_yaml(path))
+
+
+def test_item_values_average_to_each_task_score():
+    """``score_items`` gives lm-eval's per-document values: their mean is the
+    task's score, and an item scored within any subset gets the same value."""
+    from optimizer.evaluate.tasks import index_tasks, task_config
+    from optimizer.io.resources import builtin_tasks
+
+    index = index_tasks([builtin_tasks()])
+    objectives = [
+        TaskObjective(t, task_config(index[t]), "acc", w)
+        for t, w in (("demo_kinds", 1.0), ("demo_larger", 2.0))
+    ]
+    tok = build_tokenizer(demo_words())
+    model = tiny_llama(len(tok), hidden=32, layers=2, seed=1).eval()
+    for backend in ("fast", "hf"):
+        ev = make_evaluator(backend, objectives, 30, None).attach(model, tok, 8)
+        items = ev.items()
+        assert len(items) == 60  # the limit holds per task
+        values = ev.score_items(items)
+        assert set(values) <= {0.0, 1.0}
+        whole = ev.score()
+        for o in objectives:
+            mine = [v for (n, _), v in zip(items, values) if n == o.name]
+            assert math.isclose(sum(mine) / len(mine), whole[o.name])
+        subset = random.Random(0).sample(range(len(items)), 17)
+        assert ev.score_items([items[i] for i in subset]) == [values[i] for i in subset]
+
+
+def test_a_metric_that_is_not_a_mean_cannot_be_scored_by_item(tmp_path):
+    from optimizer.evaluate.tasks import task_config
+
+    data = tmp_path / "d.jsonl"
+    data.write_text('{"question": "q", "choices": ["a", "b"], "answer": 0}\n')
+    yaml_path = tmp_path / "f1task.yaml"
+    yaml_path.write_text(
+        "task: f1task\ndataset_path: json\ndataset_kwargs:\n  data_files:\n    test: d.jsonl\n"
+        "test_split: test\noutput_type: multiple_choice\ndoc_to_text: '{{question}}'\n"
+        "doc_to_choice: '{{choices}}'\ndoc_to_target: answer\n"
+        "metric_list:\n  - metric: f1\n    aggregation: f1\n    higher_is_better: true\n"
+    )
+    ev = make_evaluator("fast", [TaskObjective("f1task", task_config(yaml_path), "f1")])
+    with pytest.raises(ConfigError, match="must be a mean over its items"):
+        ev.items()
+
+
+def test_the_plan_is_fixed_and_its_weighted_mean_is_the_objective():
+    objectives = [TaskObjective("a", {}, "acc", 1.0), TaskObjective("b", {}, "acc", 2.0)]
+    items = [("a", i) for i in range(10)] + [("b", i) for i in range(30)]
+    plan = ItemPlan.build(items, objectives, seed=3, chunk=7)
+    assert plan.order == ItemPlan.build(items, objectives, 3, 7).order != items
+    assert sorted(plan.order) == sorted(items)
+    assert [len(c) for c in plan.chunks()] == [7, 7, 7, 7, 7, 5]
+    values = {it: random.Random(str(it)).random() for it in items}
+    mean_a = sum(values[("a", i)] for i in range(10)) / 10
+    mean_b = sum(values[("b", i)] for i in range(30)) / 30
+    weighted = [values[it] * plan.weights[it[0]] for it in plan.order]
+    assert math.isclose(sum(weighted) / len(weighted), (mean_a + 2 * mean_b) / 3)
+
+
+def test_wilcoxon_prunes_worse_trials_and_keeps_their_partial_mean(
+    study_zoo, tmp_path, scripted, capsys
+):
+    from optimizer.cli import main
+
+    path = pruning_study(tmp_path, study_zoo, {"name": "wilcoxon", "chunk": 8})
+    study = open_study(path)
+    summary = study.run()
+    complete = study.study.get_trials(states=(TrialState.COMPLETE,))
+    assert summary.completed == len(complete) == 14  # pruned trials count
+    pruned = [t for t in complete if PRUNED in t.user_attrs]
+    full = [t for t in complete if PRUNED not in t.user_attrs]
+    assert pruned and full
+    best = max(t.value for t in full)
+    for t in pruned:
+        seen = t.user_attrs[PRUNED]
+        assert seen["of"] == 80 and seen["items"] < 80 and seen["items"] % 8 == 0
+        # its value is the mean of the item values it reported, below the best
+        steps = t.intermediate_values
+        assert len(steps) == seen["items"]
+        assert math.isclose(t.value, sum(steps.values()) / len(steps))
+        assert t.value < best
+        assert "start" not in t.user_attrs  # the references are scored whole
+    # every trial saw the same items in the same order: the same steps
+    order = list(study.plan.order)
+    for t in complete:
+        assert sorted(t.intermediate_values) == list(range(len(t.intermediate_values)))
+    assert len(order) == 80
+    # items actually skipped: fewer than 14 trials × 80 items were scored
+    assert sum(scripted) == sum(t.user_attrs.get(PRUNED, {"items": 80})["items"] for t in complete)
+    assert sum(scripted) < 14 * 80
+    # never among the best, never exported
+    assert all(PRUNED not in t.user_attrs for t in study.best_trials(20))
+    with pytest.raises(ConfigError, match="pruned after"):
+        export_trial(study, tmp_path / "x", pruned[0].number)
+    # status and the report show them
+    assert main(["status", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "pruned" in out.splitlines()[1] + out.splitlines()[2] + out
+    row = [line for line in out.splitlines() if line.count("│") >= 5][0]
+    assert str(len(pruned)) in row
+    from optimizer.ui.report import write_report
+
+    page = write_report(study, tmp_path / "report").read_text()
+    assert f"pruned: {len(pruned)}" in page and "pruned after" in page
+
+
+def test_hyperband_reports_running_means_at_item_counts(study_zoo, tmp_path, scripted):
+    path = pruning_study(tmp_path, study_zoo, {"name": "hyperband", "chunk": 8})
+    study = open_study(path)
+    assert study.run().completed == 14
+    complete = study.study.get_trials(states=(TrialState.COMPLETE,))
+    pruned = [t for t in complete if PRUNED in t.user_attrs]
+    assert pruned
+    for t in complete:
+        steps = sorted(t.intermediate_values)
+        assert steps == list(range(8, 8 * len(steps) + 1, 8))
+        assert math.isclose(t.value, t.intermediate_values[steps[-1]])
+
+
+def test_export_and_resume_with_pruning(study_zoo, tmp_path, scripted):
+    path = pruning_study(tmp_path, study_zoo, {"name": "wilcoxon", "chunk": 8}, n_trials=8)
+    first = open_study(path)
+    first.run()
+    second = open_study(path)
+    summary = second.run(n_trials=12)
+    assert (summary.completed, summary.ran_this_run) == (12, 4)
+    assert second.plan.order == first.plan.order  # the same items, the same order
+    # the export check scores every item of the reloaded folder, as the search did
+    calls = len(scripted)
+    result = export_trial(second, tmp_path / "best")
+    assert result.reloaded_scores == result.study_scores
+    assert sum(scripted[calls:]) == 80
+
+
+def test_a_study_cannot_change_its_pruner(study_zoo, tmp_path, scripted):
+    path = pruning_study(tmp_path, study_zoo, "none", n_trials=1)
+    open_study(path).run()
+    path = pruning_study(tmp_path, study_zoo, "wilcoxon", n_trials=1)
+    with pytest.raises(ConfigError, match="different pruner"):
+        open_study(path)
+
+
+def test_a_reused_merge_takes_its_twins_item_values(study_zoo, tmp_path, scripted):
+    path = pruning_study(tmp_path, study_zoo, "wilcoxon", n_trials=5, methods=["model_stock"])
+    study = open_study(path)
+    study.run()
+    trials = study.study.get_trials(states=(TrialState.COMPLETE,))
+    from optimizer.study.worker import REUSED_FROM
+
+    reused = [t for t in trials if REUSED_FROM in t.user_attrs]
+    assert reused
+    for t in reused:
+        twin = study.study.trials[t.user_attrs[REUSED_FROM]]
+        assert t.intermediate_values == twin.intermediate_values
+        assert t.value == twin.value
+
+
+@pytest.mark.parametrize(
+    "pruner, needle",
+    [
+        ("wilcox", "Did you mean 'wilcoxon'"),
+        ({"name": "wilcoxon", "reduction_factor": 3}, "applies to the hyperband pruner"),
+        ({"name": "hyperband", "p_threshold": 0.05}, "applies to the wilcoxon pruner"),
+        ({"name": "wilcoxon", "p_threshold": 1.5}, "between 0 and 1"),
+        ({"name": "wilcoxon", "chunk": 0}, "chunk must be >= 1"),
+        ({"name": "hyperband", "reduction_factor": 1}, "reduction_factor must be >= 2"),
+        ({"name": "hyperband", "min_items": "4"}, "min_items must be an integer"),
+        ({"nme": "wilcoxon"}, "Did you mean 'name'"),
+        (3, "pruner must be a string or a mapping"),
+    ],
+)
+def test_bad_pruner_settings_fail_fast(study_zoo, tmp_path, pruner, needle):
+    path = pruning_study(tmp_path, study_zoo, pruner)
+    with pytest.raises(MergeoptError, match=needle):
+        open_study(path)
+    assert not (tmp_path / "t.db").exists()
+
+
+def test_a_multi_objective_study_cannot_prune(study_zoo, tmp_path):
+    path = pruning_study(tmp_path, study_zoo, "wilcoxon", sampler="nsga2")
+    cfg = yaml.safe_load(path.read_text())
+    cfg["objective"]["multi_objective"] = True
+    path.write_text(yaml.safe_dump(cfg))
+    with pytest.raises(ConfigError, match="multi_objective study cannot prune"):
+        open_study(path)
+
+
+def test_a_trial_killed_mid_evaluation_is_retried_from_the_first_item(study_zoo, tmp_path):
+    """The worker is killed inside its third trial's scoring; the retry scores
+    the items from the first one again, and completed trials keep theirs."""
+    import os
+    import signal
+
+    from test_study import worker_paused_in_third_trial
+
+    path = pruning_study(tmp_path, study_zoo, {"name": "wilcoxon", "chunk": 8}, n_trials=10)
+    proc = worker_paused_in_third_trial(path, tmp_path)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    study = open_study(path)
+    (killed,) = study.study.get_trials(states=(TrialState.RUNNING,))
+    assert sorted(killed.intermediate_values) == list(range(8))  # one chunk in
+    assert study.run().completed == 10
+    retry = next(
+        t for t in study.study.get_trials() if t.user_attrs.get("retry_of") == killed.number
+    )
+    assert retry.state == TrialState.COMPLETE
+    steps = sorted(retry.intermediate_values)  # from the first item of the order again
+    assert steps == list(range(len(steps))) and len(steps) % 8 == 0
+    assert torch.tensor(list(retry.intermediate_values.values())).isfinite().all()
