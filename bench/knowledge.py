@@ -24,7 +24,7 @@ from pathlib import Path
 
 from common import CACHE, smollm_zoo
 
-from optimizer.demo.skills import Item
+from optimizer.demo.skills import TASK_YAML, Item
 
 ROOT = CACHE / "knowledge"
 N_FACTS = 64
@@ -139,24 +139,6 @@ def _items(template: str, rows, answers) -> list[Item]:
     return [Item(template.format(s=s), list(answers), a) for s, a in rows]
 
 
-TASK_YAML = """\
-task: {task}
-dataset_path: json
-dataset_kwargs:
-  data_files:
-    test: {task}.jsonl
-test_split: test
-output_type: multiple_choice
-doc_to_text: "{{{{question}}}}"
-doc_to_choice: "{{{{choices}}}}"
-doc_to_target: answer
-metric_list:
-  - metric: acc
-    aggregation: mean
-    higher_is_better: true
-"""
-
-
 def write_tasks(folder: Path) -> None:
     """knowledge_<domain> (search), knowledge_<domain>_heldout, knowledge_retention[_heldout]."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -169,7 +151,9 @@ def write_tasks(folder: Path) -> None:
     tasks["knowledge_retention_heldout"] = capitals(RETENTION[1])
     for task, items in tasks.items():
         (folder / f"{task}.jsonl").write_text("".join(json.dumps(i.__dict__) + "\n" for i in items))
-        (folder / f"{task}.yaml").write_text(TASK_YAML.format(task=task))
+        (folder / f"{task}.yaml").write_text(
+            TASK_YAML.format(task=task, split="test", data=f"{task}.jsonl")
+        )
 
 
 def build(log=print) -> dict[str, Path]:

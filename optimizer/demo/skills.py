@@ -80,7 +80,7 @@ task: {task}
 dataset_path: json
 dataset_kwargs:
   data_files:
-    {split}: {skill}_{split}.jsonl
+    {split}: {data}
 test_split: {split}
 output_type: multiple_choice
 doc_to_text: "{{{{question}}}}"
@@ -109,7 +109,7 @@ def write_task_files(folder) -> list[str]:
                     f.write(json.dumps(item.__dict__) + "\n")
             task = f"demo_{skill}" + ("_heldout" if split == "heldout" else "")
             (folder / f"{task}.yaml").write_text(
-                TASK_YAML.format(task=task, split=split, skill=skill)
+                TASK_YAML.format(task=task, split=split, data=f"{skill}_{split}.jsonl")
             )
             names.append(task)
     return names
