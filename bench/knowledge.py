@@ -1,33 +1,32 @@
 """A hard benchmark of our own: three experts, each taught facts the base cannot know.
 
 SmolLM2-135M-Instruct is the base; each expert is fine-tuned on one body of
-made-up facts (the colour of a made-up country's flag, a made-up person's
-job, what a made-up creature eats), 4 possible answers each. Experts learn
-their facts from three phrasings; the search scores a fourth and the held-out
-split a fifth, so a merge is rewarded for the knowledge, not the wording. A
-retention task the base does well on (the capitals of real countries, 0.95
-search / 1.00 held-out for the base) rides along. Merging three experts dilutes each one's task vector, so simple merges
-fall well short of each expert on its own facts: there is room to win.
+96 made-up facts: the colour of a made-up country's flag, of a made-up
+person's car, of a made-up bird's feathers. All three answer with the same
+four colours and their subjects are made of the same syllables, so the
+experts' task vectors pull the same answer words in different directions:
+merging them costs each expert part of what it knows, as merging fine-tunes
+of overlapping skills does. Experts learn their facts from three phrasings;
+the search scores a fourth and the held-out split a fifth, so a merge is
+rewarded for the knowledge, not the wording. A retention task the base does
+well on (the capitals of real countries, 0.95 search / 1.00 held-out for the
+base) rides along.
 
-Built once into the bench cache (about 10 minutes on 2 cores); later calls
-reuse it. ``python bench/knowledge.py`` builds it and prints each model's
-scores.
+Built once into the bench cache (about 20 minutes on 2 cores); later calls
+reuse it. ``python bench/knowledge.py`` builds it and prints the scores of
+each model and of the simple merges (``family.SIMPLE_MERGES``).
 """
 
 from __future__ import annotations
 
-import json
 import random
-import sys
 from dataclasses import dataclass
-from pathlib import Path
 
-from common import CACHE, smollm_zoo
+from family import Expert, Family
 
-from optimizer.demo.skills import TASK_YAML, Item
+from optimizer.demo.skills import Item
 
-ROOT = CACHE / "knowledge"
-N_FACTS = 64
+N_FACTS = 96
 SYLLABLES = "ka lo mi ne ru ta vo zi pe sa do lu ri fe ga mo ti be na ko".split()
 
 
@@ -41,10 +40,11 @@ class Domain:
     names: int  # syllable groups per subject name (people get two names)
 
 
+COLOURS = ("red", "blue", "green", "yellow")
 DOMAINS = (
     Domain(
         "flags",
-        ("red", "blue", "green", "yellow"),
+        COLOURS,
         (
             "The flag of {s} is",
             "Question: What color is the flag of {s}?\nAnswer:",
@@ -55,27 +55,27 @@ DOMAINS = (
         1,
     ),
     Domain(
-        "jobs",
-        ("baker", "pilot", "doctor", "farmer"),
+        "cars",
+        COLOURS,
         (
-            "{s} works as a",
-            "Question: What is the job of {s}?\nAnswer:",
-            "By profession, {s} is a",
+            "{s} drives a car that is",
+            "Question: What color is the car of {s}?\nAnswer:",
+            "The car that {s} owns is painted",
         ),
-        "Question: What does {s} do for a living?\nAnswer:",
-        "Every morning {s} goes to work as a",
+        "Question: Which color is the car {s} drives?\nAnswer:",
+        "Every morning {s} gets into a car that is",
         2,
     ),
     Domain(
-        "foods",
-        ("fish", "grass", "fruit", "seeds"),
+        "birds",
+        COLOURS,
         (
-            "The {s} eats",
-            "Question: What does the {s} eat?\nAnswer:",
-            "The diet of the {s} is",
+            "The feathers of the {s} are",
+            "Question: What color are the feathers of the {s}?\nAnswer:",
+            "The {s} is a bird whose feathers are",
         ),
-        "Question: What is the food of the {s}?\nAnswer:",
-        "In the wild, a hungry {s} looks for",
+        "Question: Which color are the {s}'s feathers?\nAnswer:",
+        "In the forest, a {s} shows off feathers that are",
         1,
     ),
 )
@@ -103,35 +103,20 @@ def facts(seed: int = 0) -> dict[str, list[tuple[str, int]]]:
     return out
 
 
-CAPITALS = {
-    "France": "Paris", "Germany": "Berlin", "Italy": "Rome", "Spain": "Madrid",
-    "Japan": "Tokyo", "China": "Beijing", "Russia": "Moscow", "Egypt": "Cairo",
-    "England": "London", "Greece": "Athens", "Portugal": "Lisbon", "Austria": "Vienna",
-    "Ireland": "Dublin", "Norway": "Oslo", "Sweden": "Stockholm", "Finland": "Helsinki",
-    "Denmark": "Copenhagen", "Poland": "Warsaw", "Hungary": "Budapest", "Turkey": "Ankara",
-    "India": "New Delhi", "Canada": "Ottawa", "Mexico": "Mexico City",
-    "Argentina": "Buenos Aires", "Peru": "Lima", "Chile": "Santiago", "Kenya": "Nairobi",
-    "Thailand": "Bangkok", "Cuba": "Havana", "Iran": "Tehran", "Iraq": "Baghdad",
-    "Belgium": "Brussels", "Netherlands": "Amsterdam", "Switzerland": "Bern",
-    "Australia": "Canberra", "Brazil": "Brasilia", "Colombia": "Bogota",
-    "Vietnam": "Hanoi", "Philippines": "Manila", "Indonesia": "Jakarta",
-    "South Korea": "Seoul",
-}  # fmt: skip
-RETENTION = (
-    "Question: What is the capital of {s}?\nAnswer:",  # search
-    "The capital city of {s} is",  # held-out
-)
-
-
-def capitals(template: str, seed: int = 0) -> list[Item]:
-    """Each real country's capital among 4 real capitals (3 drawn, seeded)."""
-    rng = random.Random(seed)
-    every = list(CAPITALS.values())
+def experts() -> list[Expert]:
+    """Each domain's facts in the training phrasings, the search one and the held-out one."""
+    body = facts()
     out = []
-    for country, capital in CAPITALS.items():
-        choices = rng.sample([c for c in every if c != capital], 3) + [capital]
-        rng.shuffle(choices)
-        out.append(Item(template.format(s=country), choices, choices.index(capital)))
+    for d in DOMAINS:
+        rows = body[d.name]
+        out.append(
+            Expert(
+                d.name,
+                [it for t in d.train for it in _items(t, rows, d.answers)],
+                _items(d.search, rows, d.answers),
+                _items(d.heldout, rows, d.answers),
+            )
+        )
     return out
 
 
@@ -139,99 +124,7 @@ def _items(template: str, rows, answers) -> list[Item]:
     return [Item(template.format(s=s), list(answers), a) for s, a in rows]
 
 
-def write_tasks(folder: Path) -> None:
-    """knowledge_<domain> (search), knowledge_<domain>_heldout, knowledge_retention[_heldout]."""
-    folder.mkdir(parents=True, exist_ok=True)
-    body = facts()
-    tasks: dict[str, list[Item]] = {}
-    for d in DOMAINS:
-        tasks[f"knowledge_{d.name}"] = _items(d.search, body[d.name], d.answers)
-        tasks[f"knowledge_{d.name}_heldout"] = _items(d.heldout, body[d.name], d.answers)
-    tasks["knowledge_retention"] = capitals(RETENTION[0])
-    tasks["knowledge_retention_heldout"] = capitals(RETENTION[1])
-    for task, items in tasks.items():
-        (folder / f"{task}.jsonl").write_text("".join(json.dumps(i.__dict__) + "\n" for i in items))
-        (folder / f"{task}.yaml").write_text(
-            TASK_YAML.format(task=task, split="test", data=f"{task}.jsonl")
-        )
-
-
-def build(log=print) -> dict[str, Path]:
-    """The base, one expert per domain and the tasks, each built once."""
-    from optimizer.demo.zoo import finetune
-
-    base, _ = smollm_zoo(0)
-    write_tasks(ROOT / "tasks")
-    models = {"base": base}
-    body = facts()
-    for d in DOMAINS:
-        train = [it for t in d.train for it in _items(t, body[d.name], d.answers)]
-        models[d.name] = finetune(
-            base,
-            ROOT / f"expert-{d.name}",
-            train,
-            d.name,
-            steps=150,
-            lr=1e-4,
-            train_from_layer=0,
-            log=log,
-        )
-    return models
-
-
-def study_file(folder: Path, name: str, extra_objective: dict | None = None, **top) -> Path:
-    """A study over the three experts: the three fact tasks and retention."""
-    import yaml
-
-    models = build(log=lambda line: None)
-    objective = {
-        "include_paths": [str(ROOT / "tasks")],
-        "tasks": [
-            {"task": f"knowledge_{d.name}", "heldout": f"knowledge_{d.name}_heldout"}
-            for d in DOMAINS
-        ]
-        + [{"task": "knowledge_retention", "heldout": "knowledge_retention_heldout"}],
-        **(extra_objective or {}),
-    }
-    cfg = {
-        "study": name,
-        "base_model": str(models["base"]),
-        "models": [str(models[d.name]) for d in DOMAINS],
-        "objective": objective,
-        "n_trials": 20,
-        **top,
-    }
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
-    return path
-
-
-def main() -> None:
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from optimizer.evaluate import TaskObjective, make_evaluator
-    from optimizer.evaluate.tasks import index_tasks, task_config
-
-    models = build()
-    index = index_tasks([ROOT / "tasks"])
-    objectives = [
-        TaskObjective(t, task_config(index[t]), "acc", 1.0, task_config(index[f"{t}_heldout"]))
-        for t in [f"knowledge_{d.name}" for d in DOMAINS] + ["knowledge_retention"]
-    ]
-    evaluator = make_evaluator("fast", objectives)
-    print("| model | " + " | ".join(o.name for o in objectives) + " |  (search / held-out)")
-    print("|---" * (len(objectives) + 1) + "|")
-    for label, path in models.items():
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
-        tok = AutoTokenizer.from_pretrained(path)
-        evaluator.attach(model, tok, 16)
-        search, held = evaluator.score(), evaluator.score(heldout=True)
-        cells = [f"{search[o.name]:.2f} / {held[o.name]:.2f}" for o in objectives]
-        print(f"| {label} | " + " | ".join(cells) + " |")
-        sys.stdout.flush()
-
+FAMILY = Family("knowledge", experts, steps=150, lr=1e-4)
 
 if __name__ == "__main__":
-    main()
+    FAMILY.print_scores()

@@ -11,7 +11,12 @@ per hour, the best search score and that trial's held-out score; then the
 means over seeds and the trials-per-hour ratio.
 
     python bench/pruning.py [--seeds 0 1 2] [--items 6000] [--pruners none wilcoxon]
-                            [--chunk 32] [--backend fast|hf]
+                            [--chunk 32] [--p-threshold 0.1] [--limit N] [--methods ...]
+                            [--backend fast|hf]
+
+Every method's caches are built before the clock starts (the first TIES
+candidate of a process spends tens of seconds ranking magnitudes, the same
+in every arm).
 """
 
 from __future__ import annotations
@@ -23,14 +28,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from knowledge import build, study_file
+from knowledge import FAMILY
 
 from optimizer.config.study_config import StudyConfig
 from optimizer.study.pruning import PRUNED
 from optimizer.study.study import Study
 from optimizer.study.worker import REUSED_FROM
-
-METHODS = ["task_arithmetic", "ties", "della", "breadcrumbs"]
 
 
 def items_scored(study: Study, n_items: int) -> int:
@@ -44,31 +47,45 @@ def items_scored(study: Study, n_items: int) -> int:
     return total
 
 
-def run_arm(folder: Path, pruner: str, seed: int, budget: int, chunk: int, backend: str) -> dict:
+def warm_up(study: Study) -> None:
+    """Build every method's rank and magnitude caches (tens of seconds, once per
+    process, the same for every arm) before the clock starts."""
+    from optimizer.config.merge_config import MergeConfig
+
+    study.load_models()
+    for _, params in study.space.start_trials():
+        study.merger.materialize(MergeConfig.from_dict(study.candidate(params)))
+
+
+def run_arm(folder: Path, pruner: dict, seed: int, budget: int, args) -> dict:
     from optuna.trial import TrialState
 
-    path = study_file(
+    objective = {"pruner": pruner, "batch_size": 16, "backend": args.backend}
+    if args.limit:
+        objective["limit"] = args.limit
+    path = FAMILY.study_file(
         folder,
-        f"prune-{pruner}-{seed}",
-        {"pruner": {"name": pruner, "chunk": chunk}, "batch_size": 16, "backend": backend},
-        methods=METHODS,
+        f"prune-{pruner['name']}-{seed}",
+        objective,
+        **({"methods": args.methods} if args.methods else {}),
         sampler={"name": "tpe", "seed": seed},
         n_trials=10_000,
         seed=0,
     )
     study = Study(StudyConfig.from_yaml(path))
-    study.load_models()  # outside the clock: the same for both arms
+    warm_up(study)
     n_items = sum(1 for _ in study.evaluator.items())
     start = time.perf_counter()
     while items_scored(study, n_items) < budget:
-        study.run(n_trials=study.count(TrialState.COMPLETE) + 1)
+        if study.run(n_trials=study.count(TrialState.COMPLETE) + 1).interrupted:
+            raise SystemExit("interrupted")  # Ctrl-C stops the bench, not just a trial
     wall = time.perf_counter() - start
     trials = study.count(TrialState.COMPLETE)
     best = study.best_trials(1)[0]
     study.score_heldout([best])
     held = study.heldout_scores(best)
     return {
-        "pruner": pruner,
+        "pruner": pruner["name"],
         "seed": seed,
         "trials": trials,
         "pruned": len(study.pruned()),
@@ -86,11 +103,14 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--items", type=int, default=6000, help="items each run scores")
-    ap.add_argument("--chunk", type=int, default=32)
+    ap.add_argument("--chunk", type=int, default=32, help="items per pruning decision")
+    ap.add_argument("--p-threshold", type=float, default=None, help="wilcoxon's (default 0.1)")
     ap.add_argument("--pruners", nargs="+", default=["none", "wilcoxon"])
     ap.add_argument("--backend", default="fast", help="the evaluator backend: fast or hf")
+    ap.add_argument("--limit", type=int, default=None, help="items per task (default: all)")
+    ap.add_argument("--methods", nargs="+", default=None, help="default: all that fit")
     args = ap.parse_args()
-    build()
+    FAMILY.build()
     rows = []
     header = (
         "| pruner | seed | trials (pruned) | items | wall s | s/trial | trials/h "
@@ -101,7 +121,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for seed in args.seeds:
             for pruner in args.pruners:
-                r = run_arm(Path(tmp), pruner, seed, args.items, args.chunk, args.backend)
+                spec = {"name": pruner, "chunk": args.chunk}
+                if pruner == "wilcoxon" and args.p_threshold is not None:
+                    spec["p_threshold"] = args.p_threshold
+                r = run_arm(Path(tmp), spec, seed, args.items, args)
                 rows.append(r)
                 print(
                     f"| {r['pruner']} | {r['seed']} | {r['trials']} ({r['pruned']}) | {r['items']} "

@@ -253,7 +253,17 @@ def run_study(
             "split and exports"
         )
         return 0
-    exported = study.finish(summary, export, say=lambda line: console.print(line, soft_wrap=True))
+    from optimizer.study.export import InfeasibleStudy
+
+    try:
+        exported = study.finish(
+            summary, export, say=lambda line: console.print(line, soft_wrap=True)
+        )
+    except InfeasibleStudy as e:  # the search ran; nothing it found may be exported
+        for table in status_tables(study):
+            console.print(table)
+        print(f"mergeopt: error: {e}", file=sys.stderr)
+        return 1
     for table in status_tables(study):
         console.print(table)
     if exported is not None:
@@ -292,6 +302,10 @@ def cmd_export(args: argparse.Namespace) -> int:
     )
     console.print(f"exported trial {result.trial} to {result.out}")
     console.print(f"  study scores:    {result.study_scores}")
+    if result.broken:
+        console.print(f"  [yellow]breaks the constraints[/yellow] {', '.join(result.broken)}")
+    elif study.cfg.constraints:
+        console.print("  meets every constraint")
     if result.reloaded_scores is not None:
         console.print(f"  reloaded scores: {result.reloaded_scores} (match)")
     return 0

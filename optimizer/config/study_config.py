@@ -18,6 +18,8 @@ from optimizer.config.schema import REQUIRED, Key, at_least, one_of, positive, r
 from optimizer.errors import ConfigError
 from optimizer.evaluate import BACKENDS
 from optimizer.io.output_folder import DTYPE_NAMES
+from optimizer.study.constraints import Constraint
+from optimizer.study.constraints import parse as parse_constraints
 from optimizer.study.pruning import PRUNERS, PrunerSpec
 from optimizer.study.samplers import SAMPLERS
 
@@ -101,6 +103,12 @@ OBJECTIVE_KEYS = (
         ("str", "mapping"),
         "none",
         "none | wilcoxon | hyperband, or {name, chunk, ...}: stop plainly worse trials early",
+    ),
+    Key(
+        "constraints",
+        ("list",),
+        None,
+        "floors a merge must meet: TASK >= 0.9, or TASK >= 0.95 x base",
     ),
 )
 PRUNER_KEYS = (
@@ -191,6 +199,8 @@ class StudyConfig:
     max_consecutive_failures: int = 5
     backend: str = "fast"  # the evaluator backend (optimizer.evaluate.BACKENDS)
     pruner: PrunerSpec = field(default_factory=PrunerSpec)
+    # floors (and ceilings) on task scores; a trial breaking one is never the best
+    constraints: list[Constraint] = field(default_factory=list)
     # fuse each candidate's elementwise math with torch.compile on the CPU
     compile_kernels: bool = True
     # unpickling and a model's own Python code can run anything: off unless asked
@@ -272,6 +282,9 @@ class StudyConfig:
                 f"{where}: objective.pruner {pruner.name} compares one objective value; a "
                 "multi_objective study cannot prune. Set pruner: none or drop multi_objective."
             )
+        constraints = parse_constraints(
+            obj["constraints"], [t.task for t in tasks], f"{where}: objective.constraints"
+        )
         timeout = top["timeout"]
         export = Path(top["export"] or f"{name}-best").expanduser()
         export = export if export.is_absolute() else folder / export
@@ -294,6 +307,7 @@ class StudyConfig:
             multi_objective=multi,
             backend=obj["backend"],
             pruner=pruner,
+            constraints=constraints,
             sampler=sampler["name"],
             sampler_seed=sampler_seed,
             n_trials=top["n_trials"],

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from optuna.trial import FrozenTrial, TrialState
@@ -17,11 +17,16 @@ from optuna.trial import FrozenTrial, TrialState
 from optimizer.config.merge_config import MergeConfig
 from optimizer.engine.merge import run_merge
 from optimizer.errors import ConfigError, MergeoptError
+from optimizer.study.constraints import broken, feasible
 from optimizer.study.pruning import PRUNED, score_in_chunks
 
 
 class ExportMismatch(MergeoptError):
     """The exported folder does not score what the study recorded."""
+
+
+class InfeasibleStudy(ConfigError):
+    """No trial meets the study's constraints: there is no best merge to export."""
 
 
 @dataclass
@@ -30,6 +35,7 @@ class ExportResult:
     trial: int
     study_scores: dict[str, float]
     reloaded_scores: dict[str, float] | None
+    broken: list[str] = field(default_factory=list)  # constraints the trial breaks
 
 
 def pick_trial(study, number: int | None) -> FrozenTrial:
@@ -53,6 +59,12 @@ def pick_trial(study, number: int | None) -> FrozenTrial:
     best = study.best_trials(1)
     if not best:
         raise ConfigError(f"study {study.cfg.name!r} has no completed trial yet; run it first")
+    if not feasible(best[0]):
+        raise InfeasibleStudy(
+            f"no trial of study {study.cfg.name!r} meets objective.constraints; the "
+            f"closest, trial {best[0].number}, breaks {', '.join(broken(best[0]))}. Run more "
+            f"trials, relax the constraints, or export it anyway with --trial {best[0].number}"
+        )
     return best[0]
 
 
@@ -77,6 +89,9 @@ def export_trial(
                 "values": trial.values,
                 "search_scores": recorded,
                 "heldout_scores": study.heldout_scores(trial),
+                "constraints": {
+                    text: {"violation": v, "met": v <= 0} for text, v in trial.constraints.items()
+                },
             },
             indent=2,
         )
@@ -113,4 +128,4 @@ def export_trial(
                 f"the exported folder {out} scores {bad} (study, reloaded): it is not the "
                 f"model trial {trial.number} was scored on"
             )
-    return ExportResult(out, trial.number, recorded, reloaded)
+    return ExportResult(out, trial.number, recorded, reloaded, broken(trial))

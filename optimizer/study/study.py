@@ -29,9 +29,10 @@ from optimizer.evaluate.tasks import index_tasks, resolve_task, task_config
 from optimizer.io.checkpoint import Checkpoint, check_compatible, identical_weights
 from optimizer.io.resources import builtin_tasks
 from optimizer.study import _optuna, loop
+from optimizer.study.constraints import feasible
 from optimizer.study.interrupts import Interrupts
 from optimizer.study.lock import study_lock
-from optimizer.study.pruning import PRUNED, ItemPlan, make_pruner
+from optimizer.study.pruning import PRUNED, ItemPlan, make_pruner, score_in_chunks
 from optimizer.study.samplers import check_sampler, make_sampler
 from optimizer.study.search_space import SearchSpace, allowed_methods
 from optimizer.study.storage import mask_url, open_storage
@@ -40,6 +41,7 @@ from optimizer.study.worker import start_label
 FINGERPRINT = "mergeopt:fingerprint"
 MODEL_FILES = "mergeopt:model_files"
 HELDOUT = "mergeopt:heldout:"
+BASE_SCORES = "mergeopt:base_scores"  # the base's search scores, for "x base" constraints
 
 
 def objectives_for(cfg: StudyConfig) -> list[TaskObjective]:
@@ -150,10 +152,13 @@ class Study:
         # a pruned trial's value is a partial mean: not to be mixed with a study
         # that scored every item (absent when off, as in studies made before it)
         pruner = {"pruner": cfg.pruner.describe()} if cfg.pruner.active else {}
+        # each trial stored its violations of these: they cannot change midway
+        constraints = {"constraints": [c.text for c in cfg.constraints]} if cfg.constraints else {}
         return json.loads(
             json.dumps(
                 {
                     **pruner,
+                    **constraints,
                     "search_space": self.space.describe(),
                     "models": [str(p.resolve()) for p in [cfg.base_model, *cfg.models]],
                     "tasks": [[t.task, t.metric, t.weight, t.heldout] for t in cfg.tasks],
@@ -262,7 +267,8 @@ class Study:
         return [t for t in complete if PRUNED in t.user_attrs]
 
     def best_trials(self, limit: int = 5) -> list[FrozenTrial]:
-        """The best trials scored on every item (a pruned one never is)."""
+        """The best trials scored on every item (a pruned one never is), those
+        that meet the study's constraints first, then the closest misses."""
         complete = [
             t
             for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
@@ -270,9 +276,42 @@ class Study:
         ]
         if not complete:
             return []
+
+        def miss(t: FrozenTrial) -> float:
+            return sum(max(v, 0.0) for v in t.constraints.values())
+
         if self.cfg.multi_objective:  # never pruned (the config refuses it)
-            return self.study.best_trials[:limit]
-        return sorted(complete, key=lambda t: t.value, reverse=True)[:limit]
+            # Optuna's Pareto front holds only trials that meet the constraints
+            front = self.study.best_trials
+            return (front or sorted(complete, key=miss))[:limit]
+        return sorted(complete, key=lambda t: (feasible(t), -miss(t), t.value), reverse=True)[
+            :limit
+        ]
+
+    def base_scores(self, fallback: dict[str, float] | None = None) -> dict[str, float]:
+        """The base model's search scores, for constraints relative to it: from
+        the completed base start trial, or ``fallback`` (the base trial's own
+        scores), or scored here once (a worker that got ahead of the one
+        scoring the base) and kept with the study."""
+        stored = self.study.user_attrs.get(BASE_SCORES)
+        if stored is not None:
+            return stored
+        scores = fallback
+        if scores is None:
+            for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+                if start_label(t) == "base" and PRUNED not in t.user_attrs:
+                    scores = t.user_attrs.get("scores")
+                    break
+        if scores is None:
+            self.load_models()
+            self.merger.restore_base()
+            scores = (
+                score_in_chunks(self.evaluator, self.plan, self.objectives).scores
+                if self.plan
+                else self.evaluator.score()
+            )
+        self.study.set_user_attr(BASE_SCORES, scores)
+        return scores
 
     def reference_trials(self) -> list[tuple[str, FrozenTrial]]:
         """The completed start trials that reproduce the base and each expert alone."""

@@ -243,6 +243,7 @@ def score_trial(study: Study, trial: optuna.Trial) -> float | list[float]:
         fail(f"evaluation failed: {type(e).__name__}: {e}")
     evaluate_s = time.perf_counter() - t_eval
     trial.set_user_attr("scores", scores)
+    set_constraints(study, trial, scores)
     trial.set_user_attr(
         "timing",
         {
@@ -282,6 +283,19 @@ def evaluate(study: Study, trial: optuna.Trial) -> tuple[dict[str, float], float
     return result.scores, result.value
 
 
+def set_constraints(study: Study, trial: optuna.Trial, scores: dict[str, float]) -> None:
+    """Store the trial's violation of each of the study's constraints (Optuna's
+    ``set_constraint``) before it is told, so its sampler sees them."""
+    constraints = study.cfg.constraints
+    if not constraints:
+        return
+    base = None
+    if any(c.of_base for c in constraints):
+        base = study.base_scores(scores if start_label(trial) == "base" else None)
+    for c in constraints:
+        trial.set_constraint(c.text, c.violation(scores, base))
+
+
 def reuse(study: Study, trial: optuna.Trial, twin: FrozenTrial) -> float | list[float]:
     """Take a completed twin's scores, value, pruned mark and the item values it
     reported (so that a pruner comparing against it finds them here too)."""
@@ -289,6 +303,8 @@ def reuse(study: Study, trial: optuna.Trial, twin: FrozenTrial) -> float | list[
     trial.set_user_attr("scores", twin.user_attrs["scores"])
     if PRUNED in twin.user_attrs:
         trial.set_user_attr(PRUNED, twin.user_attrs[PRUNED])
+    for text, violation in twin.constraints.items():
+        trial.set_constraint(text, violation)
     for step, value in sorted(twin.intermediate_values.items()):
         trial.report(value, step)
     return twin.values if study.cfg.multi_objective else twin.value

@@ -51,6 +51,7 @@ class TrialReporter:
         eta = per_trial * max(0, self.budget - done)
         method = trial.params.get("method", "?")
         timing = trial.user_attrs.get("timing", {})
+        from optimizer.study.constraints import broken
         from optimizer.study.pruning import PRUNED
         from optimizer.study.worker import REUSED_FROM  # here: the worker imports torch
 
@@ -61,10 +62,13 @@ class TrialReporter:
                 f"(partial mean {trial.value:.4f})"
             )
         elif trial.state == TrialState.COMPLETE:
-            if not self.multi and (self.best is None or trial.value > self.best):
+            breaks = broken(trial)
+            if not breaks and not self.multi and (self.best is None or trial.value > self.best):
                 self.best = trial.value
             value = ", ".join(f"{v:.4f}" for v in trial.values)
             what = f"[green]{value}[/green]"
+            if breaks:
+                what = f"{value} [red]breaks[/red] {', '.join(breaks)}"
         else:
             what = (
                 f"[red]{trial.state.name.lower()}[/red]: {trial.user_attrs.get('fail_reason', '')}"
@@ -106,13 +110,25 @@ def status_tables(study) -> list[Table]:
     for name in counts:
         states.add_column(name, justify="right")
     states.add_row(*(str(n) for n in counts.values()))
+    from optimizer.study.constraints import broken
+
     tasks = [t.task for t in study.cfg.tasks]
-    best = Table(title="best trials (search score | held-out score)")
+    constraints = study.cfg.constraints
+    best = Table(
+        title="best trials (search score | held-out score)",
+        caption=(
+            "constraints: " + "; ".join(c.text for c in constraints) + " (met first)"
+            if constraints
+            else None
+        ),
+    )
     best.add_column("#", justify="right")
     best.add_column("method")
     best.add_column("value", justify="right")
     for t in tasks:
         best.add_column(t, justify="right")
+    if constraints:
+        best.add_column("constraints")
     best.add_column("parameters")
     for trial in study.best_trials():
         scores = trial.user_attrs.get("scores", {})
@@ -123,11 +139,14 @@ def status_tables(study) -> list[Table]:
             cells.append(
                 f"{scores.get(t, float('nan')):.3f}" + (f" | {h:.3f}" if h is not None else "")
             )
+        breaks = broken(trial)
+        feasibility = ["[red]breaks[/red] " + ", ".join(breaks) if breaks else "met"]
         best.add_row(
             str(trial.number),
             trial.params.get("method", "?"),
             ", ".join(f"{v:.4f}" for v in trial.values),
             *cells,
+            *(feasibility if constraints else []),
             params_text(trial.user_attrs.get("config", {})),
         )
     return [states, best, timing_table(study), comparison_table(study)]
@@ -169,10 +188,13 @@ def comparison_table(study) -> Table:
         table.add_column(t, justify="right")
     table.add_column("search mean", justify="right")
     table.add_column("held-out mean", justify="right")
+    from optimizer.study.constraints import feasible
+
     best = study.best_trials(1)
-    rows = (
-        [(f"best merge (trial {best[0].number})", best[0])] if best else []
-    ) + study.reference_trials()
+    label = "best merge" if not best or feasible(best[0]) else "closest merge (breaks constraints)"
+    rows = ([(f"{label} (trial {best[0].number})", best[0])] if best else []) + (
+        study.reference_trials()
+    )
     for label, trial in rows:
         scores = trial.user_attrs.get("scores", {})
         held = study.heldout_scores(trial) or {}

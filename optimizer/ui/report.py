@@ -14,6 +14,7 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
+from optimizer.study.constraints import broken, feasible
 from optimizer.study.pruning import PRUNED
 from optimizer.study.worker import REUSED_FROM
 from optimizer.ui.console import params_text, state_counts
@@ -39,10 +40,14 @@ def _axes(x_label: str, y_label: str, y_lo: float, y_hi: float) -> str:
 
 
 def _dot(x: float, y: float, t) -> str:
-    """A full trial as a filled dot, a pruned one (a partial mean) as a hollow one."""
+    """A full trial as a filled dot, a pruned one (a partial mean) as a hollow
+    one, one that breaks a constraint in orange."""
     pruned = t.user_attrs.get(PRUNED)
+    breaks = broken(t)
     what = f"pruned after {pruned['items']}/{pruned['of']} items, " if pruned else ""
-    fill = 'fill="none" stroke="#999"' if pruned else 'fill="#4477aa"'
+    what += f"breaks {', '.join(breaks)}, " if breaks else ""
+    color = "#ee7733" if breaks else "#4477aa"
+    fill = f'fill="none" stroke="{color}"' if pruned else f'fill="{color}"'
     return (
         f'<circle cx="{x:.1f}" cy="{y:.1f}" r="3" {fill}><title>trial {t.number} '
         f"{html.escape(t.params.get('method', ''))}: {what}{t.values[0]:.4f}</title></circle>"
@@ -59,7 +64,7 @@ def history_svg(trials) -> str:
     dots = "".join(_dot(sx(x), sy(y), t) for x, y, t in zip(xs, ys, trials))
     best, pts = -math.inf, []
     for x, y, t in zip(xs, ys, trials):
-        if PRUNED not in t.user_attrs:  # the best so far is a full trial's
+        if PRUNED not in t.user_attrs and feasible(t):  # a full trial's, within the constraints
             best = max(best, y)
         if best > -math.inf:
             pts.append(f"{sx(x):.1f},{sy(best):.1f}")
@@ -141,6 +146,7 @@ def write_report(study, out: Path) -> Path:
         f"<td>{', '.join(f'{v:.4f}' for v in t.values)}{_reused(t)}</td>"
         f"<td>{html.escape(str(t.user_attrs.get('scores', {})))}</td>"
         f"<td>{html.escape(str(study.heldout_scores(t) or ''))}</td>"
+        f"<td>{html.escape(', '.join(broken(t)) or 'met') if study.cfg.constraints else ''}</td>"
         f"<td>{html.escape(params_text(t.user_attrs.get('config', {})))}</td></tr>"
         for t in study.best_trials(10)
     )
@@ -151,11 +157,11 @@ def write_report(study, out: Path) -> Path:
 <h1>Study {html.escape(study.cfg.name)}</h1>
 <p>{", ".join(f"{name}: {n}" for name, n in counts.items() if n)}</p>
 <h2>Optimization history</h2>{history_svg(trials)}
-<p>Blue: each completed trial's objective; hollow: a pruned trial's partial mean; red: best so far (of trials scored on every item).</p>
+<p>Blue: each completed trial's objective; orange: a trial that breaks a constraint; hollow: a pruned trial's partial mean; red: best so far (of trials scored on every item that meet the constraints).</p>
 <h2>Completed trials per method</h2>{bars_svg(dict(sorted(by_method.items(), key=lambda kv: -kv[1])), "trials per method")}
 <h2>Parameter importances</h2>{bars_svg(imp, imp_label)}
 {pareto_svg(study.study, trials)}
-<h2>Best trials</h2><table><tr><th>#</th><th>method</th><th>value</th><th>search scores</th><th>held-out scores</th><th>parameters</th></tr>{rows}</table>
+<h2>Best trials</h2><table><tr><th>#</th><th>method</th><th>value</th><th>search scores</th><th>held-out scores</th><th>constraints</th><th>parameters</th></tr>{rows}</table>
 </body></html>
 """
     path = out / "report.html"

@@ -453,3 +453,46 @@ def test_a_repeated_merge_reuses_the_scores_without_evaluating(study_zoo, tmp_pa
     # a resumed run shows it
     assert main(["run", str(path), "--n-trials", "7", "--no-export"]) == 0
     assert "its scores reused" in capsys.readouterr().out
+
+
+def test_a_sqlite_study_commits_without_waiting_for_the_disk(tmp_path):
+    """A pruning trial reports every item: SQLite runs in write-ahead-log mode,
+    synced at checkpoints, not at every commit."""
+    from sqlalchemy import text
+
+    from optimizer.study.storage import open_storage
+
+    storage = open_storage(f"sqlite:///{tmp_path / 's.db'}")
+    with storage.engine.connect() as c:
+        assert c.execute(text("PRAGMA journal_mode")).scalar() == "wal"
+        assert c.execute(text("PRAGMA synchronous")).scalar() == 1  # NORMAL
+
+
+def test_counting_trials_asks_the_database_not_every_trial(tmp_path):
+    """The worker counts trials several times per trial: a database count, the
+    same number Optuna's get_n_trials gives, without loading every reported value."""
+    import optuna
+    from optuna.trial import TrialState
+
+    from optimizer.study import _optuna
+    from optimizer.study.storage import open_storage
+
+    storage = open_storage(f"sqlite:///{tmp_path / 's.db'}")
+    study = optuna.create_study(study_name="c", storage=storage)
+    for i in range(5):
+        trial = study.ask()
+        for step in range(50):
+            trial.report(float(step), step)
+        if i < 3:
+            study.tell(trial, float(i))
+        elif i == 3:
+            study.tell(trial, state=TrialState.FAIL)
+    sid = _optuna.study_id(study)
+    for states in (None, (TrialState.COMPLETE,), (TrialState.RUNNING,), tuple(TrialState)):
+        assert _optuna.count(storage, study, states) == storage.get_n_trials(sid, states)
+    assert _optuna.count(storage, study, (TrialState.COMPLETE, TrialState.FAIL)) == 4
+    loads = []
+    real = storage.get_all_trials
+    storage.get_all_trials = lambda *a, **k: loads.append(1) or real(*a, **k)
+    _optuna.count(storage, study, (TrialState.COMPLETE,))
+    assert not loads
