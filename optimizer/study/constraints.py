@@ -117,6 +117,11 @@ def feasible(trial: FrozenTrial) -> bool:
     return all(v <= 0 for v in trial.constraints.values())
 
 
+def shortfall(trial: FrozenTrial) -> float:
+    """How far the trial misses its constraints in all (0 when it meets them)."""
+    return sum(max(v, 0.0) for v in trial.constraints.values())
+
+
 def broken(trial: FrozenTrial) -> list[str]:
     """The constraints ``trial`` breaks, as their text."""
     return [text for text, v in trial.constraints.items() if v > 0]

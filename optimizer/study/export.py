@@ -18,7 +18,7 @@ from optimizer.config.merge_config import MergeConfig
 from optimizer.engine.merge import run_merge
 from optimizer.errors import ConfigError, MergeoptError
 from optimizer.study.constraints import broken, feasible
-from optimizer.study.pruning import PRUNED, score_in_chunks
+from optimizer.study.pruning import PRUNED, score_every_item
 
 
 class ExportMismatch(MergeoptError):
@@ -113,10 +113,7 @@ def export_trial(
             study.cfg.backend, study.objectives, study.cfg.limit, study.cfg.num_fewshot
         )
         evaluator.attach(model, tok, study.cfg.batch_size)
-        if study.plan is None:
-            reloaded = evaluator.score()
-        else:  # every item, in the chunks (and so with the prompts) the search used
-            reloaded = score_in_chunks(evaluator, study.plan, study.objectives).scores
+        reloaded = score_every_item(evaluator, study.plan, study.objectives)
         bad = {
             k: (recorded[k], reloaded.get(k))
             for k in recorded

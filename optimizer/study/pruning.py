@@ -150,3 +150,13 @@ def score_in_chunks(
     return ChunkedScore(
         scores, math.fsum(weighted) / len(weighted), len(weighted), len(plan.order), raw
     )
+
+
+def score_every_item(
+    evaluator: Evaluator, plan: ItemPlan | None, objectives: Sequence[TaskObjective]
+) -> dict[str, float]:
+    """Every search item's score, in the plan's chunks when the study prunes
+    (so with the prompts the search saw), else in one call."""
+    if plan is None:
+        return evaluator.score()
+    return score_in_chunks(evaluator, plan, objectives).scores

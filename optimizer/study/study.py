@@ -29,10 +29,10 @@ from optimizer.evaluate.tasks import index_tasks, resolve_task, task_config
 from optimizer.io.checkpoint import Checkpoint, check_compatible, identical_weights
 from optimizer.io.resources import builtin_tasks
 from optimizer.study import _optuna, loop
-from optimizer.study.constraints import feasible
+from optimizer.study.constraints import feasible, shortfall
 from optimizer.study.interrupts import Interrupts
 from optimizer.study.lock import study_lock
-from optimizer.study.pruning import PRUNED, ItemPlan, make_pruner, score_in_chunks
+from optimizer.study.pruning import PRUNED, ItemPlan, make_pruner, score_every_item
 from optimizer.study.samplers import check_sampler, make_sampler
 from optimizer.study.search_space import SearchSpace, allowed_methods
 from optimizer.study.storage import mask_url, open_storage
@@ -277,14 +277,11 @@ class Study:
         if not complete:
             return []
 
-        def miss(t: FrozenTrial) -> float:
-            return sum(max(v, 0.0) for v in t.constraints.values())
-
         if self.cfg.multi_objective:  # never pruned (the config refuses it)
             # Optuna's Pareto front holds only trials that meet the constraints
             front = self.study.best_trials
-            return (front or sorted(complete, key=miss))[:limit]
-        return sorted(complete, key=lambda t: (feasible(t), -miss(t), t.value), reverse=True)[
+            return (front or sorted(complete, key=shortfall))[:limit]
+        return sorted(complete, key=lambda t: (feasible(t), -shortfall(t), t.value), reverse=True)[
             :limit
         ]
 
@@ -305,11 +302,7 @@ class Study:
         if scores is None:
             self.load_models()
             self.merger.restore_base()
-            scores = (
-                score_in_chunks(self.evaluator, self.plan, self.objectives).scores
-                if self.plan
-                else self.evaluator.score()
-            )
+            scores = score_every_item(self.evaluator, self.plan, self.objectives)
         self.study.set_user_attr(BASE_SCORES, scores)
         return scores
 

@@ -202,27 +202,27 @@ def test_constraints_cannot_change_on_an_existing_study(study_zoo, tmp_path, scr
         Study(StudyConfig.from_yaml(path))
 
 
-def test_a_multi_objective_front_holds_only_trials_that_meet_the_constraints(
-    study_zoo, tmp_path, scripted
-):
-    path = constrained_study(tmp_path, study_zoo, ["demo_larger >= 0.95 x base"], n_trials=8)
+def multi_objective_run(folder, zoo, constraints, n_trials) -> Study:
+    path = constrained_study(folder, zoo, constraints, n_trials=n_trials)
     cfg = yaml.safe_load(path.read_text())
     cfg["objective"]["multi_objective"] = True
     path.write_text(yaml.safe_dump(cfg))
     study = Study(StudyConfig.from_yaml(path))
     study.run()
+    return study
+
+
+def test_a_multi_objective_front_holds_only_trials_that_meet_the_constraints(
+    study_zoo, tmp_path, scripted
+):
+    study = multi_objective_run(tmp_path, study_zoo, ["demo_larger >= 0.95 x base"], 8)
     front = study.best_trials()
     assert front and all(feasible(t) for t in front)
     complete = study.study.get_trials(states=(TrialState.COMPLETE,))
     assert any(not feasible(t) for t in complete)
     # nothing meets an impossible floor: the closest misses come back, not nothing
     (tmp_path / "b").mkdir()
-    path = constrained_study(tmp_path / "b", study_zoo, ["demo_larger >= 0.95"], n_trials=5)
-    cfg = yaml.safe_load(path.read_text())
-    cfg["objective"]["multi_objective"] = True
-    path.write_text(yaml.safe_dump(cfg))
-    study = Study(StudyConfig.from_yaml(path))
-    study.run()
+    study = multi_objective_run(tmp_path / "b", study_zoo, ["demo_larger >= 0.95"], 5)
     closest = study.best_trials()
     misses = [t.constraints["demo_larger >= 0.95"] for t in closest]
     assert misses == sorted(misses) and misses[0] > 0
