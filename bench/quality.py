@@ -37,6 +37,8 @@ from optimizer.study.worker import start_label
 STRATEGIES: dict[str, tuple[dict, dict]] = {
     "random": ({"sampler": {"name": "random"}}, {}),
     "tpe": ({}, {}),  # the study file's defaults
+    "staged": ({"search": "staged"}, {}),
+    "staged-wilcoxon": ({"search": "staged"}, {"pruner": {"name": "wilcoxon", "chunk": 16}}),
 }
 
 

@@ -14,6 +14,7 @@ from optimizer.config.study_config import (
     OBJECTIVE_KEYS,
     PRUNER_KEYS,
     SAMPLER_KEYS,
+    SEARCH_KEYS,
     STUDY_KEYS,
     TASK_KEYS,
 )
@@ -25,6 +26,7 @@ SECTIONS = {
     "study file: objective.pruner (a mapping)": PRUNER_KEYS,
     "study file: granularity": GRANULARITY_KEYS,
     "study file: sampler (a mapping)": SAMPLER_KEYS,
+    "study file: search (a mapping)": SEARCH_KEYS,
     "merge config": MERGE_KEYS,
     "merge config: models[]": MODEL_KEYS,
 }

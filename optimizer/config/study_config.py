@@ -22,6 +22,7 @@ from optimizer.study.constraints import Constraint
 from optimizer.study.constraints import parse as parse_constraints
 from optimizer.study.pruning import PRUNERS, PrunerSpec
 from optimizer.study.samplers import SAMPLERS
+from optimizer.study.stages import STRATEGIES, SearchSpec
 
 
 def _study_name(name: str) -> str | None:
@@ -42,6 +43,10 @@ def _batch_size(value: Any) -> str | None:
     return at_least(1)(value)
 
 
+def _share(value: float) -> str | None:
+    return None if 0 < value <= 1 else "must be above 0 and at most 1"
+
+
 def _probability(value: float) -> str | None:
     return None if 0 < value < 1 else f"must be between 0 and 1, got {value!r}"
 
@@ -56,6 +61,12 @@ STUDY_KEYS = (
     Key("granularity", ("mapping",), None, "layer_group_size and filters"),
     Key("objective", ("mapping",), REQUIRED, "tasks and how to score them"),
     Key("sampler", ("str", "mapping"), "tpe", "tpe | cmaes | nsga2 | gp | random, or {name, seed}"),
+    Key(
+        "search",
+        ("str", "mapping"),
+        "joint",
+        "joint | staged, or {strategy, method_share, refine_layer_group_size}",
+    ),
     Key("n_trials", ("int",), REQUIRED, "completed trials for the whole study", at_least(1)),
     Key("timeout", ("number",), None, "seconds after which this worker starts no trial", positive),
     Key("device", ("str",), "auto", "auto | cpu | cuda | cuda:N", _device),
@@ -156,6 +167,29 @@ SAMPLER_KEYS = (
     Key("name", ("str",), "tpe", "the sampler", one_of(tuple(SAMPLERS))),
     Key("seed", ("int",), None, "the sampler's seed (default: the study's seed)"),
 )
+SEARCH_KEYS = (
+    Key(
+        "strategy",
+        ("str",),
+        "joint",
+        "joint: every trial over every method; staged: methods, then the best one per layer group",
+        one_of(STRATEGIES),
+    ),
+    Key(
+        "method_share",
+        ("number",),
+        0.5,
+        "staged: share of n_trials spent choosing the method",
+        _share,
+    ),
+    Key(
+        "refine_layer_group_size",
+        ("int",),
+        0,
+        "staged: layers per value in stage two (0: a third of the layers)",
+        at_least(0),
+    ),
+)
 MODEL_KEYS = (Key("model", ("str",), REQUIRED, "model folder"),)
 
 
@@ -186,6 +220,7 @@ class StudyConfig:
     multi_objective: bool
     sampler: str
     sampler_seed: int
+    search: SearchSpec
     n_trials: int
     timeout: float | None
     device: str
@@ -276,6 +311,7 @@ class StudyConfig:
             raise ConfigError(
                 f"{where}: sampler {sampler['name']} handles one objective; use nsga2 or tpe"
             )
+        search = _search(top["search"], sampler["name"], multi, f"{where}: search")
         pruner = _pruner(obj["pruner"], f"{where}: objective.pruner")
         if pruner.active and multi:
             raise ConfigError(
@@ -310,6 +346,7 @@ class StudyConfig:
             constraints=constraints,
             sampler=sampler["name"],
             sampler_seed=sampler_seed,
+            search=search,
             n_trials=top["n_trials"],
             timeout=float(timeout) if timeout is not None else None,
             device=top["device"],
@@ -327,6 +364,23 @@ class StudyConfig:
             raw=dict(raw),
             notes=notes,
         )
+
+
+def _search(raw: Any, sampler: str, multi: bool, where: str) -> SearchSpec:
+    """``search: staged`` or ``search: {strategy: staged, method_share: 0.4}``."""
+    section = read_section({"strategy": raw} if isinstance(raw, str) else raw, SEARCH_KEYS, where)
+    spec = SearchSpec(**section)
+    if spec.staged and multi:
+        raise ConfigError(
+            f"{where}: a staged search refines the best trial's method; a multi_objective "
+            "study has a front of best trials, not one. Use search: joint."
+        )
+    if spec.staged and sampler in ("cmaes", "gp"):
+        raise ConfigError(
+            f"{where}: a staged search asks for other parameters in its second stage; "
+            f"sampler {sampler} needs the same ones in every trial. Use sampler: tpe."
+        )
+    return spec
 
 
 def _pruner(raw: Any, where: str) -> PrunerSpec:

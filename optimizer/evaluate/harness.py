@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from optimizer.errors import ConfigError
-from optimizer.evaluate.base import Item, TaskObjective, weighted_mean
+from optimizer.evaluate.base import Item, ItemScore, TaskObjective, weighted_mean
 
 # lm-eval's default few-shot seed (simple_evaluate's fewshot_random_seed)
 FEWSHOT_SEED = 1234
@@ -66,6 +66,28 @@ def _compile_templates_once() -> None:
     apply_template.compiles_once = True
     apply_template.compiled = compiled  # its cache_info() shows the reuse
     utils.apply_template = apply_template
+
+
+def graded(sample: Mapping[str, Any], metric: str, value: float) -> float:
+    """The probability the model gives a multiple-choice item's right answer
+    among its choices, from the log-likelihoods lm-eval logged, ranked as the
+    metric ranks them (``acc_norm``: per character of the choice, as lm-eval
+    does); ``value`` for any other item or metric."""
+    target, resps = sample.get("target"), sample.get("filtered_resps")
+    if metric not in ("acc", "acc_norm") or not isinstance(target, int):
+        return value
+    try:
+        lls = [float(r[0]) for r in resps]
+        if metric == "acc_norm":
+            lls = [
+                ll / max(len(arg[1]), 1) for ll, arg in zip(lls, sample["arguments"], strict=True)
+            ]
+    except (TypeError, IndexError, KeyError, ValueError):
+        return value
+    if not 0 <= target < len(lls) or not all(math.isfinite(x) for x in lls):
+        return value
+    top = max(lls)
+    return math.exp(lls[target] - top) / math.fsum(math.exp(x - top) for x in lls)
 
 
 class HarnessEvaluator:
@@ -162,7 +184,7 @@ class HarnessEvaluator:
             out += [(o.name, i) for i in range(min(n, self.limit or n))]
         return out
 
-    def score_items(self, items: Sequence[Item]) -> list[float]:
+    def score_items(self, items: Sequence[Item]) -> list[ItemScore]:
         """lm-eval scores the chosen documents only (``samples``); its per-document
         metric values (the logged samples) are the items' values."""
         wanted: dict[str, list[int]] = {}
@@ -178,7 +200,7 @@ class HarnessEvaluator:
             samples={by_name[n].config["task"]: sorted(docs) for n, docs in wanted.items()},
             log_samples=True,
         )
-        values: dict[Item, float] = {}
+        values: dict[Item, ItemScore] = {}
         for name in wanted:
             o = by_name[name]
             task_name = o.config["task"]
@@ -192,7 +214,9 @@ class HarnessEvaluator:
                             f"task {task_name} gave a non-finite {o.metric} on document "
                             f"{sample['doc_id']}: {value}"
                         )
-                    values[(name, sample["doc_id"])] = value
+                    values[(name, sample["doc_id"])] = ItemScore(
+                        value, graded(sample, o.metric, value)
+                    )
         return [values[item] for item in items]
 
     def combine(self, scores: Mapping[str, float]) -> float:

@@ -7,7 +7,10 @@ the same item differ little and mostly in the same direction: a paired test
 worse candidate apart after a fraction of the items, where comparing means
 would need them all. ``hyperband`` instead gives each trial a budget of items
 by successive halving. The order is shuffled once (seeded by the study's
-seed) so any prefix of it is a fair sample of every task.
+seed) so any prefix of it is a fair sample of every task. What is reported
+is each item's graded result (``ItemScore.graded``: the probability given to
+the right choice), not its 0/1 value: on values most pairs tie and the test
+learns little from an item.
 
 A pruned trial keeps the mean of the item values it saw as its value (Optuna's
 advice for Wilcoxon: the sampler learns from it) and is marked ``pruned``: it
@@ -26,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import optuna
+from optuna.trial import FrozenTrial, TrialState
 
 from optimizer.evaluate.base import Evaluator, Item, TaskObjective
 
@@ -54,7 +58,7 @@ class PrunerSpec:
 
 def make_pruner(spec: PrunerSpec, n_items: int) -> optuna.pruners.BasePruner:
     if spec.name == "wilcoxon":
-        return optuna.pruners.WilcoxonPruner(p_threshold=spec.p_threshold)
+        return AgainstBestWhole(optuna.pruners.WilcoxonPruner(p_threshold=spec.p_threshold))
     if spec.name == "hyperband":
         return optuna.pruners.HyperbandPruner(
             min_resource=min(spec.min_items or spec.chunk, n_items),
@@ -62,6 +66,49 @@ def make_pruner(spec: PrunerSpec, n_items: int) -> optuna.pruners.BasePruner:
             reduction_factor=spec.reduction_factor,
         )
     return optuna.pruners.NopPruner()
+
+
+class _BestIs:
+    """The study as a pruner sees it, with ``best`` as its best trial."""
+
+    def __init__(self, study: optuna.Study, best: FrozenTrial) -> None:
+        self.direction = study.direction
+        self.best_trial = best
+
+
+def best_whole(study: optuna.Study) -> FrozenTrial | None:
+    """The best completed trial that was scored on every item (and meets the
+    constraints, if any trial does)."""
+    from optimizer.study.constraints import feasible
+
+    whole = [
+        t
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        if PRUNED not in t.user_attrs
+    ]
+    whole = [t for t in whole if feasible(t)] or whole
+    if not whole:
+        return None
+    pick = max if study.direction == optuna.study.StudyDirection.MAXIMIZE else min
+    return pick(whole, key=lambda t: t.value)
+
+
+class AgainstBestWhole(optuna.pruners.BasePruner):
+    """A paired pruner that compares with the best trial scored on every item.
+
+    Optuna's ``best_trial`` may be a pruned trial: its value is the mean of
+    the items it saw, which can beat the best whole trial's (the pruner looks
+    at graded results, the value counts right answers). Compared with it, a
+    trial would be paired on that trial's few items only."""
+
+    def __init__(self, inner: optuna.pruners.BasePruner) -> None:
+        self.inner = inner
+
+    def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
+        best = best_whole(study)
+        if best is None:
+            return False
+        return self.inner.prune(_BestIs(study, best), trial)
 
 
 @dataclass
@@ -123,25 +170,26 @@ def score_in_chunks(
     may_prune: bool = True,
 ) -> ChunkedScore:
     """Score the plan's chunks in order, reporting each item to ``trial`` (its
-    weighted value at its position: Wilcoxon's pairs) or each chunk's running
-    mean at the items seen so far (Hyperband's resource), and stop early when
+    weighted graded result at its position: Wilcoxon's pairs) or each chunk's
+    running mean at the items seen so far (Hyperband's resource), and stop early when
     the study's pruner says so. Without a trial, every item is scored (the
     export check: the same prompts the search saw)."""
     raw: dict[str, list[float]] = {}
     weighted: list[float] = []
+    graded: list[float] = []
     chunks = plan.chunks()
     for k, chunk in enumerate(chunks):
-        values = evaluator.score_items([item for _, item in chunk])
-        for (position, (name, _)), x in zip(chunk, values, strict=True):
-            raw.setdefault(name, []).append(x)
-            v = x * plan.weights[name]
-            weighted.append(v)
+        results = evaluator.score_items([item for _, item in chunk])
+        for (position, (name, _)), result in zip(chunk, results, strict=True):
+            raw.setdefault(name, []).append(result.value)
+            weighted.append(result.value * plan.weights[name])
+            graded.append(result.graded * plan.weights[name])
             if trial is not None and pruner == "wilcoxon":
-                trial.report(v, position)
+                trial.report(graded[-1], position)
         if trial is None:
             continue
         if pruner == "hyperband":
-            trial.report(math.fsum(weighted) / len(weighted), len(weighted))
+            trial.report(math.fsum(graded) / len(graded), len(graded))
         if may_prune and k + 1 < len(chunks) and trial.should_prune():
             break
     scores = {

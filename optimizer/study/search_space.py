@@ -99,7 +99,8 @@ class SearchSpace:
         last = max(0, num_layers - 1)
         self.groups = [(lo, min(lo + k - 1, last)) for lo in range(0, max(num_layers, 1), k)]
         self.classes = [*filters, CATCH_ALL]
-        self.overrides = self._check_overrides(overrides or {})
+        self.raw_overrides = dict(overrides or {})
+        self.overrides = self._check_overrides(self.raw_overrides)
         self._check_combinations()
 
     # -- validation -------------------------------------------------------
@@ -244,6 +245,36 @@ class SearchSpace:
                 for g, c in self.sites:
                     model = f".m{i}" if i is not None else ""
                     out[f"{m.name}.{name}{model}{self._site_suffix(g, c)}"] = (lo, hi, log)
+        return out
+
+    def searchable(self, method: str) -> bool:
+        """Whether ``method`` has a value to search on a range (Model Stock's
+        only choice is a switch: nothing to refine)."""
+        return any(d[0] != "choice" for d in self.distributions(get_method(method)).values())
+
+    def fits(self, params: Mapping[str, Any]) -> bool:
+        """Whether ``params`` (a trial's) are in this space's names."""
+        names = self.distributions(get_method(params["method"]))
+        return all(name in params for name in names)
+
+    def _group_of_layer(self, layer: int) -> int:
+        return next(g for g, (lo, hi) in enumerate(self.groups) if lo <= layer <= hi)
+
+    def broadcast(self, params: Mapping[str, Any], source: SearchSpace) -> dict[str, Any]:
+        """``params`` of ``source`` (coarser groups) in this space's names: each
+        of this space's groups takes the value of the source group holding its
+        first layer, so the merge is the same."""
+        out: dict[str, Any] = {"method": params["method"]}
+        for name in self.distributions(get_method(params["method"])):
+            parts = name.split(".")
+            group = next((i for i, x in enumerate(parts) if x[:1] == "g" and x[1:].isdigit()), None)
+            if group is not None:
+                lo = self.groups[int(parts[group][1:])][0]
+                if len(source.groups) > 1:
+                    parts[group] = f"g{source._group_of_layer(lo)}"
+                else:
+                    del parts[group]
+            out[name] = params[".".join(parts)]
         return out
 
     def suggest(self, trial: Any) -> dict[str, Any]:

@@ -35,6 +35,7 @@ from optimizer.study.lock import study_lock
 from optimizer.study.pruning import PRUNED, ItemPlan, make_pruner, score_every_item
 from optimizer.study.samplers import check_sampler, make_sampler
 from optimizer.study.search_space import SearchSpace, allowed_methods
+from optimizer.study.stages import refined_space
 from optimizer.study.storage import mask_url, open_storage
 from optimizer.study.worker import start_label
 
@@ -126,6 +127,10 @@ class Study:
             cfg.search_space,
         )
         check_sampler(cfg.sampler, self.space)
+        # a staged search's second stage: the same methods, finer layer groups
+        self.refined = (
+            refined_space(self.space, cfg.search, base.num_layers) if cfg.search.staged else None
+        )
         # concurrent first connections would race to create the tables
         with study_lock(cfg.storage, "schema").held():
             self.storage = open_storage(cfg.storage)
@@ -154,11 +159,14 @@ class Study:
         pruner = {"pruner": cfg.pruner.describe()} if cfg.pruner.active else {}
         # each trial stored its violations of these: they cannot change midway
         constraints = {"constraints": [c.text for c in cfg.constraints]} if cfg.constraints else {}
+        # a staged study's trials ask for other parameters after stage one
+        search = {"search": cfg.search.describe()} if cfg.search.staged else {}
         return json.loads(
             json.dumps(
                 {
                     **pruner,
                     **constraints,
+                    **search,
                     "search_space": self.space.describe(),
                     "models": [str(p.resolve()) for p in [cfg.base_model, *cfg.models]],
                     "tasks": [[t.task, t.metric, t.weight, t.heldout] for t in cfg.tasks],
@@ -225,7 +233,10 @@ class Study:
     def candidate(self, params: dict[str, Any]) -> dict[str, Any]:
         """The merge config (stored with the trial) that a trial's parameters describe."""
         cfg = self.cfg
-        return self.space.candidate_config(
+        space = self.space
+        if self.refined is not None and not space.fits(params):
+            space = self.refined  # a trial of a staged search's second stage
+        return space.candidate_config(
             params,
             str(cfg.base_model.resolve()),
             [str(p.resolve()) for p in cfg.models],

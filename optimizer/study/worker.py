@@ -26,6 +26,7 @@ from optimizer.study import _optuna
 from optimizer.study.heartbeat import TrialHeartbeat, beat, seconds_since_beat
 from optimizer.study.pruning import PRUNED, score_in_chunks
 from optimizer.study.samplers import make_sampler, trial_seed
+from optimizer.study.stages import REFINES, refined_method, stage_two_sampler
 
 if TYPE_CHECKING:
     from optimizer.study.study import Study
@@ -71,6 +72,13 @@ def start_label(t: FrozenTrial) -> str | None:
     """The start trial ``t`` is ("base", "expert 0 alone", ...), or None; studies
     made before the start points had their name stored it under "seed"."""
     return t.user_attrs.get(START, t.user_attrs.get("seed"))
+
+
+def is_reference(t: FrozenTrial) -> bool:
+    """Whether ``t`` reproduces the base or an expert alone: the references every
+    merge is shown beside, so they are always scored whole."""
+    label = start_label(t) or ""
+    return label == "base" or (label.startswith("expert ") and label.endswith(" alone"))
 
 
 def enqueue_start_points_once(study: Study) -> int:
@@ -174,12 +182,16 @@ def claim(study: Study, budget: int) -> optuna.Trial | str:
             return "done"
         if done + study.count(TrialState.RUNNING) >= budget:
             return "wait"  # the last trials are running elsewhere
+        refining = refined_method(study, done)
         n = _optuna.count(study.storage, study.study)
-        study.study.sampler = make_sampler(cfg.sampler, trial_seed(cfg.sampler_seed, n))
+        sampler = make_sampler(cfg.sampler, trial_seed(cfg.sampler_seed, n))
+        if refining is not None:
+            sampler = stage_two_sampler(refining, sampler)
+        study.study.sampler = sampler
         trial = study.study.ask()
         trial.set_user_attr("worker", {"host": HOST, "pid": os.getpid()})
         beat(study.storage, _optuna.trial_id(trial))
-        study.space.suggest(trial)
+        (study.space if refining is None else study.refined).suggest(trial)
         log.debug("trial %d claimed", trial.number)
         return trial
 
@@ -213,6 +225,8 @@ def score_trial(study: Study, trial: optuna.Trial) -> float | list[float]:
     cand = study.candidate(trial.params)
     trial.set_user_attr("config", cand)
     twin = completed_twin(study, cand)
+    if twin is None and REFINES in trial.user_attrs:  # the best trial's merge, in finer groups
+        twin = study.study.get_trials(deepcopy=False)[trial.user_attrs[REFINES]]
     if twin is not None:  # the same merge: the same bytes, the same scores
         log.debug("trial %d reuses trial %d", trial.number, twin.number)
         return reuse(study, trial, twin)
@@ -263,8 +277,8 @@ def evaluate(study: Study, trial: optuna.Trial) -> tuple[dict[str, float], float
     """The candidate's per-task scores, and its partial mean if it was pruned.
 
     Without a pruner every item is scored at once. With one, the items go in
-    the study's fixed order a chunk at a time, reported to Optuna; a start
-    trial (the base, an expert alone: the references) is never pruned.
+    the study's fixed order a chunk at a time, reported to Optuna; a reference
+    (the base, an expert alone) is never pruned, a method's start point may be.
     """
     if study.plan is None:
         return study.evaluator.score(), None
@@ -274,7 +288,7 @@ def evaluate(study: Study, trial: optuna.Trial) -> tuple[dict[str, float], float
         study.objectives,
         trial,
         study.cfg.pruner.name,
-        may_prune=start_label(trial) is None,
+        may_prune=not is_reference(trial),
     )
     if not result.pruned:
         return result.scores, None

@@ -24,10 +24,12 @@ from tiny_models import build_tokenizer, tiny_llama
 from optimizer.config.study_config import StudyConfig
 from optimizer.errors import ConfigError, MergeoptError
 from optimizer.evaluate import TaskObjective, make_evaluator
+from optimizer.evaluate.base import ItemScore
 from optimizer.evaluate.fast import FastEvaluator
 from optimizer.study.export import export_trial
 from optimizer.study.pruning import PRUNED, ItemPlan
 from optimizer.study.study import Study
+from optimizer.study.worker import is_reference, start_label
 
 PROBE = "model.layers.0.mlp.down_proj.weight"
 
@@ -57,7 +59,8 @@ def scripted(study_zoo, monkeypatch):
     def score_items(self, items):
         calls.append(len(items))
         q = quality(self.lm.model)
-        return [float(random.Random(f"{n}/{i}").random() < q) for n, i in items]
+        values = [float(random.Random(f"{n}/{i}").random() < q) for n, i in items]
+        return [ItemScore(v, v) for v in values]
 
     monkeypatch.setattr(FastEvaluator, "score_items", score_items)
     return calls
@@ -84,14 +87,44 @@ def test_item_values_average_to_each_task_score():
         ev = make_evaluator(backend, objectives, 30, None).attach(model, tok, 8)
         items = ev.items()
         assert len(items) == 60  # the limit holds per task
-        values = ev.score_items(items)
+        results = ev.score_items(items)
+        values = [r.value for r in results]
         assert set(values) <= {0.0, 1.0}
         whole = ev.score()
         for o in objectives:
             mine = [v for (n, _), v in zip(items, values) if n == o.name]
             assert math.isclose(sum(mine) / len(mine), whole[o.name])
+        # graded: the right choice's probability among the choices; the top
+        # one (at least 1/n) when the item is right, under 1/2 when it is wrong
+        n_choices = {"demo_kinds": 2, "demo_larger": 2}
+        for (name, _), r in zip(items, results):
+            assert 0.0 < r.graded < 1.0
+            if r.value == 1.0:
+                assert r.graded >= 1 / n_choices[name]
+            else:
+                assert r.graded <= 0.5
         subset = random.Random(0).sample(range(len(items)), 17)
-        assert ev.score_items([items[i] for i in subset]) == [values[i] for i in subset]
+        again = ev.score_items([items[i] for i in subset])
+        assert [r.value for r in again] == [values[i] for i in subset]
+        assert [r.graded for r in again] == pytest.approx([results[i].graded for i in subset])
+
+
+def test_graded_is_the_right_choices_probability_as_the_metric_ranks():
+    from optimizer.evaluate.harness import graded
+
+    lls = [(-1.0, False), (-2.0, False), (-3.0, False)]
+    args = [("Q:", " a"), ("Q:", " bbbbbbb"), ("Q:", " cc")]
+    sample = {"target": 0, "filtered_resps": lls, "arguments": args}
+    z = math.exp(-1) + math.exp(-2) + math.exp(-3)
+    assert graded(sample, "acc", 1.0) == pytest.approx(math.exp(-1) / z)
+    # acc_norm ranks by log-likelihood per character of the choice
+    per_char = [-1 / 2, -2 / 8, -3 / 3]
+    z = sum(math.exp(x) for x in per_char)
+    assert graded({**sample, "target": 1}, "acc_norm", 1.0) == pytest.approx(math.exp(-2 / 8) / z)
+    # anything else keeps the metric's own value
+    assert graded(sample, "exact_match", 1.0) == 1.0
+    assert graded({**sample, "target": [0, 1]}, "acc", 0.0) == 0.0
+    assert graded({**sample, "target": 7}, "acc", 0.0) == 0.0
 
 
 def test_a_metric_that_is_not_a_mean_cannot_be_scored_by_item(tmp_path):
@@ -147,7 +180,10 @@ def test_wilcoxon_prunes_worse_trials_and_keeps_their_partial_mean(
         assert len(steps) == seen["items"]
         assert math.isclose(t.value, sum(steps.values()) / len(steps))
         assert t.value < best
-        assert "start" not in t.user_attrs  # the references are scored whole
+        # the references are scored whole; a method's start point may be pruned
+        assert not is_reference(t)
+    assert {start_label(t) for t in full} >= {"base", "expert 0 alone", "expert 1 alone"}
+    assert any(start_label(t) for t in pruned)  # a start point worse than the best
     # every trial saw the same items in the same order: the same steps
     order = list(study.plan.order)
     for t in complete:
@@ -276,3 +312,34 @@ def test_a_trial_killed_mid_evaluation_is_retried_from_the_first_item(study_zoo,
     steps = sorted(retry.intermediate_values)  # from the first item of the order again
     assert steps == list(range(len(steps))) and len(steps) % 8 == 0
     assert torch.tensor(list(retry.intermediate_values.values())).isfinite().all()
+
+
+def test_wilcoxon_compares_with_the_best_trial_scored_whole():
+    """A pruned trial's value (the right answers among the items it saw) can
+    beat every whole trial's, making it Optuna's best trial; the paired test
+    must still be against the best whole trial, on all its items."""
+    import optuna
+    from optuna.trial import create_trial
+
+    from optimizer.study.pruning import PrunerSpec, best_whole, make_pruner
+
+    def study_with(pruner):
+        study = optuna.create_study(direction="maximize", pruner=pruner)
+        steps = {i: 0.6 for i in range(40)}
+        study.add_trial(create_trial(value=0.6, intermediate_values=steps))
+        lucky = {i: 0.2 for i in range(8)}
+        attrs = {PRUNED: {"items": 8, "of": 40}}
+        study.add_trial(create_trial(value=0.9, intermediate_values=lucky, user_attrs=attrs))
+        return study
+
+    def prunes(study) -> bool:
+        trial = study.ask()
+        for i in range(20):
+            trial.report(0.5, i)  # better than the lucky one, worse than the whole one
+        return trial.should_prune()
+
+    ours = study_with(make_pruner(PrunerSpec("wilcoxon"), 40))
+    assert ours.best_trial.number == 1  # Optuna's best: the pruned one
+    assert best_whole(ours).number == 0
+    assert prunes(ours)
+    assert not prunes(study_with(optuna.pruners.WilcoxonPruner()))
