@@ -1,8 +1,9 @@
 """Equal compute, pruning off and on: what the same budget of scored items buys.
 
-The knowledge benchmark (``bench/knowledge.py``: SmolLM2-135M and three
-experts on made-up facts, three fact tasks and a retention task) is searched
-with the same study, once per pruner and sampler seed. Each run goes on
+A hard benchmark family (``bench/families.py``; default ``knowledge``:
+SmolLM2-135M and three experts on made-up facts, three fact tasks and a
+retention task) is searched with the same study, once per pruner and
+sampler seed. Each run goes on
 until it has scored ``--items`` items (a whole trial scores every search
 item; a pruned one, the chunks it saw; a reused merge, none), so both arms
 spend the same evaluation compute whatever their trial counts. Prints per
@@ -12,7 +13,7 @@ means over seeds and the trials-per-hour ratio.
 
     python bench/pruning.py [--seeds 0 1 2] [--items 6000] [--pruners none wilcoxon]
                             [--chunk 32] [--p-threshold 0.1] [--limit N] [--methods ...]
-                            [--backend fast|hf]
+                            [--backend fast|hf] [--family knowledge|skills]
 
 Every method's caches are built before the clock starts (the first TIES
 candidate of a process spends tens of seconds ranking magnitudes, the same
@@ -28,7 +29,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from knowledge import FAMILY
+from families import FAMILIES
 
 from optimizer.config.study_config import StudyConfig
 from optimizer.study.pruning import PRUNED
@@ -63,7 +64,7 @@ def run_arm(folder: Path, pruner: dict, seed: int, budget: int, args) -> dict:
     objective = {"pruner": pruner, "batch_size": 16, "backend": args.backend}
     if args.limit:
         objective["limit"] = args.limit
-    path = FAMILY.study_file(
+    path = FAMILIES[args.family].study_file(
         folder,
         f"prune-{pruner['name']}-{seed}",
         objective,
@@ -109,8 +110,9 @@ def main() -> None:
     ap.add_argument("--backend", default="fast", help="the evaluator backend: fast or hf")
     ap.add_argument("--limit", type=int, default=None, help="items per task (default: all)")
     ap.add_argument("--methods", nargs="+", default=None, help="default: all that fit")
+    ap.add_argument("--family", default="knowledge", choices=list(FAMILIES))
     args = ap.parse_args()
-    FAMILY.build()
+    FAMILIES[args.family].build()
     rows = []
     header = (
         "| pruner | seed | trials (pruned) | items | wall s | s/trial | trials/h "
