@@ -14,7 +14,8 @@ console = Console(stderr=False, highlight=False)
 
 
 def params_text(config: dict[str, Any]) -> str:
-    """A compact line of a candidate's parameters: 'lambda=1.1 density=[0.7, 0.55]'."""
+    """A compact line of a candidate's parameters: 'lambda=1.1 density=[0.7, 0.55]',
+    per layer group 'weight=[0.3/0.5, 0.7/0.6]'."""
     parts = []
     for k, v in (config.get("parameters") or {}).items():
         parts.append(f"{k}={_short(v)}")
@@ -27,10 +28,12 @@ def params_text(config: dict[str, Any]) -> str:
 
 
 def _short(v: Any) -> Any:
+    """A value as the line shows it; per-layer-group values (a list of
+    ``{layers, value}`` entries, or a gradient) joined by slashes: 1.1/0.9/1."""
     if isinstance(v, float):
         return f"{v:.3g}"
     if isinstance(v, list):
-        return "per-layer"
+        return "/".join(str(_short(e.get("value") if isinstance(e, dict) else e)) for e in v)
     return v
 
 

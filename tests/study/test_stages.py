@@ -165,3 +165,16 @@ def test_only_a_method_with_a_range_to_search_is_refined():
     space = SearchSpace(["model_stock", "linear", "ties"], 2, 4)
     assert not space.searchable("model_stock")  # one switch: nothing to refine
     assert space.searchable("linear") and space.searchable("ties")
+
+
+def test_per_layer_values_show_group_by_group():
+    """Stage two's candidates carry a value per layer group; the run line and
+    status show each, not a placeholder (and nothing rich could take for markup)."""
+    from optimizer.ui.console import params_text
+
+    per_layer = [{"layers": [0, 0], "value": 0.25}, {"layers": [1, 1], "value": 0.5}]
+    config = {
+        "parameters": {"lambda": per_layer, "normalize": True},
+        "models": [{"parameters": {"weight": per_layer}}, {"parameters": {"weight": 1.0}}],
+    }
+    assert params_text(config) == "lambda=0.25/0.5 normalize=True weight=[0.25/0.5, 1]"
