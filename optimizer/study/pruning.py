@@ -76,16 +76,22 @@ class _BestIs:
         self.best_trial = best
 
 
+def scored_whole(study: optuna.Study) -> list[FrozenTrial]:
+    """The completed trials scored on every item (a pruned one's value is a
+    partial mean: never a best trial, never a reference for the pruner)."""
+    return [
+        t
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        if PRUNED not in t.user_attrs
+    ]
+
+
 def best_whole(study: optuna.Study) -> FrozenTrial | None:
     """The best completed trial that was scored on every item (and meets the
     constraints, if any trial does)."""
     from optimizer.study.constraints import feasible
 
-    whole = [
-        t
-        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        if PRUNED not in t.user_attrs
-    ]
+    whole = scored_whole(study)
     whole = [t for t in whole if feasible(t)] or whole
     if not whole:
         return None

@@ -32,7 +32,13 @@ from optimizer.study import _optuna, loop
 from optimizer.study.constraints import feasible, shortfall
 from optimizer.study.interrupts import Interrupts
 from optimizer.study.lock import study_lock
-from optimizer.study.pruning import PRUNED, ItemPlan, make_pruner, score_every_item
+from optimizer.study.pruning import (
+    PRUNED,
+    ItemPlan,
+    make_pruner,
+    score_every_item,
+    scored_whole,
+)
 from optimizer.study.samplers import check_sampler, make_sampler
 from optimizer.study.search_space import SearchSpace, allowed_methods
 from optimizer.study.stages import refined_space
@@ -280,11 +286,7 @@ class Study:
     def best_trials(self, limit: int = 5) -> list[FrozenTrial]:
         """The best trials scored on every item (a pruned one never is), those
         that meet the study's constraints first, then the closest misses."""
-        complete = [
-            t
-            for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-            if PRUNED not in t.user_attrs
-        ]
+        complete = scored_whole(self.study)
         if not complete:
             return []
 
