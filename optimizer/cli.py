@@ -154,7 +154,10 @@ def build_parser() -> argparse.ArgumentParser:
     report = study_parser(
         "report",
         "HTML report of a study",
-        "Write report.html: optimization history, parameter importances, Pareto front, best trials.",
+        "Write report.html (one file, opens offline): the best trials per task (search and"
+        " held-out) with their merge configs, the best merge beside the base and each expert,"
+        " Optuna's plots (history, trials per method, importances per method, slices of the"
+        " best method, Pareto front), seconds per phase, failed and pruned trials.",
     )
     report.add_argument("--out", required=True, help="folder for report.html")
 

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import random
 from pathlib import Path
 
 import pytest
@@ -108,3 +109,39 @@ def read_only_dir(tmp_path):
         folder.chmod(0o500)
         yield folder
         folder.chmod(0o700)
+
+
+PROBE = "model.layers.0.mlp.down_proj.weight"
+
+
+@pytest.fixture
+def scripted(study_zoo, monkeypatch):
+    """Items scored by a scripted rule on the merged weights (``install_scripted``)."""
+    return install_scripted(study_zoo, monkeypatch)
+
+
+def install_scripted(study_zoo, monkeypatch) -> list[int]:
+    """Items scored by how close the resident model's probe tensor is to e1's:
+    e1 alone passes 85 % of the items, the base 5 %, a merge in between."""
+    from safetensors.torch import load_file
+
+    from optimizer.evaluate.base import ItemScore
+    from optimizer.evaluate.fast import FastEvaluator
+
+    target = load_file(next(study_zoo["e1"].glob("*.safetensors")))[PROBE]
+    base = load_file(next(study_zoo["base"].glob("*.safetensors")))[PROBE]
+    span = float((target - base).norm())
+    calls: list[int] = []
+
+    def quality(model) -> float:
+        w = dict(model.named_parameters())[PROBE].detach().float()
+        return min(0.85, max(0.05, 0.85 - 0.8 * float((w - target).norm()) / span))
+
+    def score_items(self, items):
+        calls.append(len(items))
+        q = quality(self.lm.model)
+        values = [float(random.Random(f"{n}/{i}").random() < q) for n, i in items]
+        return [ItemScore(v, v) for v in values]
+
+    monkeypatch.setattr(FastEvaluator, "score_items", score_items)
+    return calls

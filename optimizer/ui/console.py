@@ -93,19 +93,19 @@ class TrialReporter:
         sys.stdout.flush()
 
 
-def state_counts(study) -> dict[str, int]:
-    """Trials by state, a pruned trial (complete in Optuna: its value is a
-    partial mean) counted apart from those scored on every item."""
-    counts = study.counts()
-    pruned = len(study.pruned())
-    out = {s.name.lower(): counts[s] for s in TrialState}
-    out["complete"] -= pruned
-    out["pruned"] += pruned
-    return out
+def _cells(row, tasks: list[str]) -> list[str]:
+    """Each task's search score and, where scored, held-out score: '0.680 | 0.700'."""
+    return [
+        f"{row.search.get(t, float('nan')):.3f}"
+        + (f" | {row.heldout[t]:.3f}" if t in row.heldout else "")
+        for t in tasks
+    ]
 
 
 def status_tables(study) -> list[Table]:
-    counts = state_counts(study)
+    from optimizer.ui import summary
+
+    counts = summary.state_counts(study)
     states = Table(
         title=f"study {study.cfg.name}: trials by state",
         caption="the budget (n_trials) counts complete and pruned trials",
@@ -113,9 +113,8 @@ def status_tables(study) -> list[Table]:
     for name in counts:
         states.add_column(name, justify="right")
     states.add_row(*(str(n) for n in counts.values()))
-    from optimizer.study.constraints import broken
 
-    tasks = [t.task for t in study.cfg.tasks]
+    tasks = summary.tasks(study)
     constraints = study.cfg.constraints
     best = Table(
         title="best trials (search score | held-out score)",
@@ -133,22 +132,14 @@ def status_tables(study) -> list[Table]:
     if constraints:
         best.add_column("constraints")
     best.add_column("parameters")
-    for trial in study.best_trials():
-        scores = trial.user_attrs.get("scores", {})
-        held = study.heldout_scores(trial) or {}
-        cells = []
-        for t in tasks:
-            h = held.get(t)
-            cells.append(
-                f"{scores.get(t, float('nan')):.3f}" + (f" | {h:.3f}" if h is not None else "")
-            )
-        breaks = broken(trial)
-        feasibility = ["[red]breaks[/red] " + ", ".join(breaks) if breaks else "met"]
+    for row in summary.best(study):
+        trial = row.trial
+        feasibility = ["[red]breaks[/red] " + ", ".join(row.broken) if row.broken else "met"]
         best.add_row(
             str(trial.number),
             trial.params.get("method", "?"),
             ", ".join(f"{v:.4f}" for v in trial.values),
-            *cells,
+            *_cells(row, tasks),
             *(feasibility if constraints else []),
             params_text(trial.user_attrs.get("config", {})),
         )
@@ -157,55 +148,36 @@ def status_tables(study) -> list[Table]:
 
 def timing_table(study) -> Table:
     """Mean and median seconds per completed trial (pruned ones included), by phase."""
-    import statistics
+    from optimizer.ui.summary import PHASES, phase_seconds
 
-    trials = study.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     table = Table(title="seconds per completed trial")
-    for col in ("", "materialize", "evaluate", "rest", "wall"):
+    for col in ("", *PHASES):
         table.add_column(col, justify="right")
-    rows = []
-    for t in trials:
-        timing = t.user_attrs.get("timing")
-        if timing and t.datetime_start and t.datetime_complete:
-            wall = (t.datetime_complete - t.datetime_start).total_seconds()
-            rows.append(
-                (
-                    timing["materialize"],
-                    timing["evaluate"],
-                    wall - timing["materialize"] - timing["evaluate"],
-                    wall,
-                )
-            )
-    if rows:
-        for label, fn in (("mean", statistics.mean), ("median", statistics.median)):
-            table.add_row(label, *(f"{fn(col):.2f}" for col in zip(*rows)))
+    seconds = phase_seconds(study)
+    if seconds:
+        for i, label in enumerate(("mean", "median")):
+            table.add_row(label, *(f"{seconds[p][i]:.2f}" for p in PHASES))
     return table
 
 
 def comparison_table(study) -> Table:
     """The best merge beside its inputs (the base, each expert alone)."""
-    tasks = [t.task for t in study.cfg.tasks]
+    from optimizer.ui.summary import comparison, tasks
+
+    names = tasks(study)
     table = Table(title="best merge vs the base and each expert (search | held-out)")
     table.add_column("model")
-    for t in tasks:
+    for t in names:
         table.add_column(t, justify="right")
     table.add_column("search mean", justify="right")
     table.add_column("held-out mean", justify="right")
-    from optimizer.study.constraints import feasible
-
-    best = study.best_trials(1)
-    label = "best merge" if not best or feasible(best[0]) else "closest merge (breaks constraints)"
-    rows = ([(f"{label} (trial {best[0].number})", best[0])] if best else []) + (
-        study.reference_trials()
-    )
-    for label, trial in rows:
-        scores = trial.user_attrs.get("scores", {})
-        held = study.heldout_scores(trial) or {}
-        cells = [
-            f"{scores.get(t, float('nan')):.3f} | " + (f"{held[t]:.3f}" if t in held else "-")
-            for t in tasks
-        ]
-        search_mean = sum(scores.get(t, 0.0) for t in tasks) / len(tasks)
-        held_mean = f"{sum(held.values()) / len(held):.3f}" if held else "-"
-        table.add_row(label, *cells, f"{search_mean:.3f}", held_mean)
+    for row in comparison(study):
+        cells = [c if " | " in c else c + " | -" for c in _cells(row, names)]
+        held = row.heldout_mean()
+        table.add_row(
+            row.label,
+            *cells,
+            f"{row.search_mean(names):.3f}",
+            f"{held:.3f}" if held is not None else "-",
+        )
     return table

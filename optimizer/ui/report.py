@@ -1,167 +1,307 @@
-"""A self-contained HTML report of a study: history, importances, Pareto front.
+"""A self-contained HTML report of a study, its plots drawn by Optuna.
 
-Charts are inline SVG written here, so the report needs no plotting package
-and opens anywhere.
+The plots come from ``optuna.visualization`` (plotly) on a *view* of the
+study: an in-memory copy where a pruned trial (complete in the database, its
+value a partial mean) is marked pruned, so Optuna's best-so-far line and
+importances see only trials scored on every item. plotly.js is written into
+the file once, so the report opens offline. The tables are the ones `status`
+prints (``summary.py``), as HTML.
 """
 
 from __future__ import annotations
 
 import html
-import math
 import warnings
+from collections.abc import Iterable
 from pathlib import Path
 
 import optuna
-from optuna.trial import TrialState
+import yaml
+from optuna.trial import FrozenTrial, TrialState
 
-from optimizer.study.constraints import broken, feasible
 from optimizer.study.pruning import PRUNED
 from optimizer.study.worker import REUSED_FROM
-from optimizer.ui.console import params_text, state_counts
+from optimizer.ui import summary
+from optimizer.ui.console import params_text
 
-W, H, PAD = 640, 300, 40
-
-
-def _scale(values: list[float], lo_px: float, hi_px: float):
-    lo, hi = min(values), max(values)
-    span = (hi - lo) or 1.0
-    return lambda v: lo_px + (v - lo) / span * (hi_px - lo_px)
+MIN_TRIALS = 4  # fewer trials of a method: no importances or slices for it
 
 
-def _axes(x_label: str, y_label: str, y_lo: float, y_hi: float) -> str:
-    return (
-        f'<line x1="{PAD}" y1="{H - PAD}" x2="{W - 10}" y2="{H - PAD}" stroke="#333"/>'
-        f'<line x1="{PAD}" y1="10" x2="{PAD}" y2="{H - PAD}" stroke="#333"/>'
-        f'<text x="{W / 2}" y="{H - 8}" text-anchor="middle">{x_label}</text>'
-        f'<text x="12" y="{H / 2}" transform="rotate(-90 12 {H / 2})" text-anchor="middle">{y_label}</text>'
-        f'<text x="{PAD - 4}" y="{H - PAD}" text-anchor="end" font-size="10">{y_lo:.3g}</text>'
-        f'<text x="{PAD - 4}" y="16" text-anchor="end" font-size="10">{y_hi:.3g}</text>'
+def view(study: optuna.Study, trials: Iterable[FrozenTrial] | None = None) -> optuna.Study:
+    """An in-memory single-objective copy (the first objective) of ``trials``
+    (default: all, numbered as in the study), a pruned trial marked pruned
+    with its partial mean as an intermediate value."""
+    out = optuna.create_study(direction=study.directions[0])
+    for t in study.get_trials(deepcopy=False) if trials is None else trials:
+        pruned = t.state == TrialState.PRUNED or PRUNED in t.user_attrs
+        state = TrialState.PRUNED if pruned else t.state
+        if state not in (TrialState.COMPLETE, TrialState.PRUNED):
+            state = TrialState.FAIL  # kept (not plotted), so trial numbers stay the study's
+        out.add_trial(
+            optuna.trial.create_trial(
+                state=state,
+                value=t.values[0] if state == TrialState.COMPLETE else None,
+                params=t.params,
+                distributions=t.distributions,
+                user_attrs=t.user_attrs,
+                system_attrs=t.system_attrs,  # the constraints: Optuna greys out breaking trials
+                intermediate_values={0: t.values[0]} if pruned and t.values else {},
+            )
+        )
+    return out
+
+
+def method_trials(study: optuna.Study, method: str) -> optuna.Study:
+    """The view of one method's trials, its parameters only."""
+    return view(
+        study, [t for t in study.get_trials(deepcopy=False) if t.params.get("method") == method]
     )
 
 
-def _dot(x: float, y: float, t) -> str:
-    """A full trial as a filled dot, a pruned one (a partial mean) as a hollow
-    one, one that breaks a constraint in orange."""
-    pruned = t.user_attrs.get(PRUNED)
-    breaks = broken(t)
-    what = f"pruned after {pruned['items']}/{pruned['of']} items, " if pruned else ""
-    what += f"breaks {', '.join(breaks)}, " if breaks else ""
-    color = "#ee7733" if breaks else "#4477aa"
-    fill = f'fill="none" stroke="{color}"' if pruned else f'fill="{color}"'
-    return (
-        f'<circle cx="{x:.1f}" cy="{y:.1f}" r="3" {fill}><title>trial {t.number} '
-        f"{html.escape(t.params.get('method', ''))}: {what}{t.values[0]:.4f}</title></circle>"
-    )
-
-
-def history_svg(trials) -> str:
-    if not trials:
-        return "<p>No completed trials.</p>"
-    xs = [t.number for t in trials]
-    ys = [t.values[0] for t in trials]
-    sx = _scale(xs + [0], PAD, W - 20)
-    sy = _scale(ys, H - PAD, 20)
-    dots = "".join(_dot(sx(x), sy(y), t) for x, y, t in zip(xs, ys, trials))
-    best, pts = -math.inf, []
-    for x, y, t in zip(xs, ys, trials):
-        if PRUNED not in t.user_attrs and feasible(t):  # a full trial's, within the constraints
-            best = max(best, y)
-        if best > -math.inf:
-            pts.append(f"{sx(x):.1f},{sy(best):.1f}")
-    line = f'<polyline points="{" ".join(pts)}" fill="none" stroke="#cc3311" stroke-width="2"/>'
-    return f'<svg width="{W}" height="{H}">{_axes("trial", "objective", min(ys), max(ys))}{dots}{line}</svg>'
-
-
-def bars_svg(values: dict[str, float], label: str) -> str:
-    if not values:
-        return "<p>Not enough trials.</p>"
-    top = max(values.values()) or 1.0
-    rows = "".join(
-        f'<text x="0" y="{22 * i + 15}" font-size="12">{html.escape(k)}</text>'
-        f'<rect x="220" y="{22 * i + 4}" width="{380 * v / top:.1f}" height="14" fill="#228833"/>'
-        f'<text x="{225 + 380 * v / top:.1f}" y="{22 * i + 15}" font-size="11">{v:.3f}</text>'
-        for i, (k, v) in enumerate(values.items())
-    )
-    return f'<svg width="{W}" height="{22 * len(values) + 10}">{rows}</svg><p>{label}</p>'
-
-
-def pareto_svg(study, trials) -> str:
-    if len(study.directions) != 2:
-        return ""
-    front = {t.number for t in study.best_trials}
-    xs = [t.values[0] for t in trials]
-    ys = [t.values[1] for t in trials]
-    sx, sy = _scale(xs, PAD, W - 20), _scale(ys, H - PAD, 20)
-    dots = "".join(
-        f'<circle cx="{sx(t.values[0]):.1f}" cy="{sy(t.values[1]):.1f}" r="{5 if t.number in front else 3}" '
-        f'fill="{"#cc3311" if t.number in front else "#999"}"><title>trial {t.number}</title></circle>'
-        for t in trials
-    )
-    return f'<h2>Pareto front</h2><svg width="{W}" height="{H}">{_axes("objective 1", "objective 2", min(ys), max(ys))}{dots}</svg>'
-
-
-def importances(study, trials) -> tuple[dict[str, float], str]:
-    """Parameter importances among the best method's trials (PED-ANOVA)."""
-    if len(trials) < 4:
-        return {}, ""
-    best = max(trials, key=lambda t: t.values[0])
-    method = best.params.get("method")
-    same = [t for t in trials if t.params.get("method") == method]
-    if len(same) < 4:
-        return {}, ""
-    sub = optuna.create_study(directions=study.directions)
-    sub.add_trials(same)
-    try:
-        with warnings.catch_warnings():  # "low target values": hence the minus
-            warnings.simplefilter("ignore", UserWarning)
-            imp = optuna.importance.get_param_importances(
+def importances(study: optuna.Study, method: str) -> dict[str, float]:
+    """How much each of ``method``'s parameters decides reaching the best
+    scores among its trials scored whole (PED-ANOVA, which looks at the top
+    quantile in the view's own direction: a maximized objective ranks what
+    makes merges *better*). Empty with too few trials or nothing varied."""
+    sub = method_trials(study, method)
+    full = sub.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    params = [p for p in {k for t in full for k in t.params} if p != "method"]
+    if len(full) < MIN_TRIALS or not params:
+        return {}
+    with warnings.catch_warnings():  # "too few trials", "same quantiles": shown as equal bars
+        warnings.simplefilter("ignore")
+        return dict(
+            optuna.importance.get_param_importances(
                 sub,
                 evaluator=optuna.importance.PedAnovaImportanceEvaluator(),
-                # PED-ANOVA ranks what leads to *low* targets; objectives are maximized
-                target=lambda t: -t.values[0],
+                params=sorted(params),
             )
-    except Exception:  # noqa: BLE001 - too few distinct values etc.
-        return {}, ""
-    return dict(imp), f"importance of each parameter among the {len(same)} {method} trials"
+        )
 
 
-def _reused(t) -> str:
-    twin = t.user_attrs.get(REUSED_FROM)
-    return f" (the merge of trial {twin}: scores reused)" if twin is not None else ""
+def _figures(study, target_name: str) -> list[tuple[str, str, object]]:
+    """(title, caption, plotly figure) for every plot the study has data for."""
+    import plotly.graph_objects as go
+    from optuna import visualization as vis
+
+    raw = study.study
+    whole = view(raw)
+    out: list[tuple[str, str, object]] = []
+    if not whole.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        return out
+    with warnings.catch_warnings():  # Optuna's "experimental" notes
+        warnings.simplefilter("ignore")
+        fig = vis.plot_optimization_history(whole, target_name=target_name)
+        pruned = [t for t in whole.get_trials(deepcopy=False) if t.state == TrialState.PRUNED]
+        if pruned:
+            fig.add_trace(
+                go.Scatter(
+                    x=[t.number for t in pruned],
+                    y=[t.intermediate_values[0] for t in pruned],
+                    mode="markers",
+                    name="Pruned Trial (partial mean)",
+                    marker={"symbol": "circle-open", "color": "#999999"},
+                    text=[
+                        f"trial {t.number}: pruned after {t.user_attrs[PRUNED]['items']}/"
+                        f"{t.user_attrs[PRUNED]['of']} items"
+                        for t in pruned
+                    ],
+                )
+            )
+        fig.update_xaxes(title="trial")
+        out.append(
+            (
+                "Optimization history",
+                "Each trial scored on every item, the best so far among those that meet the "
+                "constraints (Optuna greys out those that break one), and each pruned trial's "
+                "partial mean (hollow).",
+                fig,
+            )
+        )
+
+        counts = summary.per_method(study)
+        bars = go.Figure(
+            [
+                go.Bar(name=kind, x=list(counts), y=[c[kind] for c in counts.values()])
+                for kind in ("scored whole", "pruned", "failed")
+            ]
+        )
+        bars.update_layout(barmode="stack", title="Trials per method", yaxis={"tickformat": "d"})
+        out.append(
+            ("Trials per method", "Completed, pruned and failed trials of each method.", bars)
+        )
+
+        methods = [m for m in counts if counts[m]["scored whole"] >= MIN_TRIALS]
+        for method in methods:
+            imp = importances(raw, method)
+            if not imp:
+                continue
+            fig = vis.plot_param_importances(
+                method_trials(raw, method),
+                evaluator=optuna.importance.PedAnovaImportanceEvaluator(),
+                params=list(imp),
+                target_name=target_name,
+            )
+            fig.update_layout(title=f"Parameter importances: {method}")
+            out.append(
+                (
+                    f"Parameter importances: {method}",
+                    f"What decides reaching the best {target_name} among the {counts[method]['scored whole']} "
+                    f"{method} trials scored whole (PED-ANOVA on the top 10 %).",
+                    fig,
+                )
+            )
+
+        top = study.best_trials(1)
+        best_method = top[0].params.get("method") if top else None
+        if best_method in methods:
+            sub = method_trials(raw, best_method)
+            params = sorted(
+                {
+                    k
+                    for t in sub.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+                    for k in t.params
+                }
+                - {"method"}
+            )
+            if params:
+                fig = vis.plot_slice(sub, params=params[:12], target_name=target_name)
+                fig.update_layout(title=f"Slices: {best_method}, the best trial's method")
+                out.append(
+                    (
+                        f"Slices: {best_method}",
+                        "Each parameter of the best method against the objective, one dot "
+                        "per trial scored whole (darker: later).",
+                        fig,
+                    )
+                )
+
+        if len(raw.directions) > 1:
+            fig = vis.plot_pareto_front(
+                raw, target_names=summary.tasks(study)[: len(raw.directions)]
+            )
+            out.append(("Pareto front", "Each task's score; the front in red.", fig))
+    return out
+
+
+def _table(headers: list[str], rows: list[list[str]]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
+    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _num(v: float | None) -> str:
+    return "-" if v is None else f"{v:.3f}"
+
+
+def _best_table(study) -> str:
+    tasks = summary.tasks(study)
+    constraints = bool(study.cfg.constraints)
+    headers = ["#", "method", "value"]
+    for t in tasks:
+        headers += [f"{t} (search)", f"{t} (held-out)"]
+    headers += ["held-out mean"] + (["constraints"] if constraints else []) + ["merge config"]
+    rows = []
+    for row in summary.best(study, 10):
+        t = row.trial
+        config = t.user_attrs.get("config", {})
+        twin = t.user_attrs.get(REUSED_FROM)
+        value = ", ".join(f"{v:.3f}" for v in t.values)
+        if twin is not None:
+            value += f" (the merge of trial {twin}: scores reused)"
+        cells = [str(t.number), html.escape(t.params.get("method", "")), value]
+        for task in tasks:
+            cells += [_num(row.search.get(task)), _num(row.heldout.get(task))]
+        cells.append(_num(row.heldout_mean()))
+        if constraints:
+            cells.append(html.escape("breaks " + ", ".join(row.broken) if row.broken else "met"))
+        cells.append(
+            f"<details><summary>{html.escape(params_text(config))}</summary>"
+            f"<pre>{html.escape(yaml.safe_dump(config, sort_keys=False))}</pre></details>"
+        )
+        rows.append(cells)
+    if not rows:
+        return "<p>No trial scored on every item yet.</p>"
+    return _table(headers, rows)
+
+
+def _comparison_table(study) -> str:
+    tasks = summary.tasks(study)
+    headers = ["model"]
+    for t in tasks:
+        headers += [f"{t} (search)", f"{t} (held-out)"]
+    rows = [
+        [html.escape(r.label)]
+        + [c for t in tasks for c in (_num(r.search.get(t)), _num(r.heldout.get(t)))]
+        + [_num(r.search_mean(tasks)), _num(r.heldout_mean())]
+        for r in summary.comparison(study)
+    ]
+    return _table(headers + ["search mean", "held-out mean"], rows)
+
+
+def _timing_table(study) -> str:
+    seconds = summary.phase_seconds(study)
+    if not seconds:
+        return "<p>No timings stored.</p>"
+    rows = [
+        [label] + [f"{seconds[p][i]:.2f}" for p in summary.PHASES]
+        for i, label in enumerate(("mean", "median"))
+    ]
+    return _table(["", *summary.PHASES], rows)
+
+
+def _stopped_table(study) -> str:
+    rows = [
+        [str(t.number), state, html.escape(t.params.get("method", "")), html.escape(why)]
+        for t, state, why in summary.stopped(study)
+    ]
+    return _table(["#", "state", "method", "why"], rows) if rows else "<p>None.</p>"
+
+
+STYLE = """body{font-family:sans-serif;max-width:1200px;margin:2em auto;color:#222}
+table{border-collapse:collapse;margin:0.5em 0 1.5em}
+td,th{padding:3px 8px;border-bottom:1px solid #ddd;font-size:13px;text-align:right;vertical-align:top}
+td:nth-child(2),th:nth-child(2){text-align:left}
+pre{text-align:left;font-size:12px;background:#f6f6f6;padding:6px}
+td:last-child,th:last-child{text-align:left}
+summary{cursor:pointer}
+.plot{margin-bottom:1.5em}.caption{color:#555;font-size:13px}"""
 
 
 def write_report(study, out: Path) -> Path:
+    """Write ``out/report.html``; returns its path."""
     from optimizer.io.output_folder import check_output
 
     check_output(out, force=True)  # a folder (new or not), in a writable place
     out.mkdir(parents=True, exist_ok=True)
-    trials = study.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    counts = state_counts(study)
-    by_method: dict[str, int] = {}
-    for t in trials:
-        by_method[t.params.get("method", "?")] = by_method.get(t.params.get("method", "?"), 0) + 1
-    imp, imp_label = importances(study.study, trials)
-    rows = "".join(
-        f"<tr><td>{t.number}</td><td>{html.escape(t.params.get('method', ''))}</td>"
-        f"<td>{', '.join(f'{v:.4f}' for v in t.values)}{_reused(t)}</td>"
-        f"<td>{html.escape(str(t.user_attrs.get('scores', {})))}</td>"
-        f"<td>{html.escape(str(study.heldout_scores(t) or ''))}</td>"
-        f"<td>{html.escape(', '.join(broken(t)) or 'met') if study.cfg.constraints else ''}</td>"
-        f"<td>{html.escape(params_text(t.user_attrs.get('config', {})))}</td></tr>"
-        for t in study.best_trials(10)
-    )
+    counts = summary.state_counts(study)
+    target_name = "objective" if len(study.study.directions) == 1 else "first objective"
+    plots = []
+    for i, (title, caption, fig) in enumerate(_figures(study, target_name)):
+        fig.update_layout(height=420, margin={"t": 50})
+        div = fig.to_html(
+            full_html=False, include_plotlyjs=i == 0, div_id=f"plot-{i}", default_width="100%"
+        )
+        plots.append(
+            f'<h2>{html.escape(title)}</h2><p class="caption">{html.escape(caption)}</p>'
+            f'<div class="plot">{div}</div>'
+        )
+    constraints = study.cfg.constraints
     page = f"""<!doctype html><html><head><meta charset="utf-8">
 <title>mergeopt study {html.escape(study.cfg.name)}</title>
-<style>body{{font-family:sans-serif;max-width:960px;margin:2em auto}}td,th{{padding:2px 8px;border-bottom:1px solid #ddd;font-size:13px}}</style>
+<style>{STYLE}</style>
 </head><body>
 <h1>Study {html.escape(study.cfg.name)}</h1>
-<p>{", ".join(f"{name}: {n}" for name, n in counts.items() if n)}</p>
-<h2>Optimization history</h2>{history_svg(trials)}
-<p>Blue: each completed trial's objective; orange: a trial that breaks a constraint; hollow: a pruned trial's partial mean; red: best so far (of trials scored on every item that meet the constraints).</p>
-<h2>Completed trials per method</h2>{bars_svg(dict(sorted(by_method.items(), key=lambda kv: -kv[1])), "trials per method")}
-<h2>Parameter importances</h2>{bars_svg(imp, imp_label)}
-{pareto_svg(study.study, trials)}
-<h2>Best trials</h2><table><tr><th>#</th><th>method</th><th>value</th><th>search scores</th><th>held-out scores</th><th>constraints</th><th>parameters</th></tr>{rows}</table>
+<p>{", ".join(f"{name}: {n}" for name, n in counts.items() if n)}
+{"<br>constraints: " + html.escape("; ".join(c.text for c in constraints)) if constraints else ""}</p>
+<h2>Best trials</h2>
+<p class="caption">Scored on every item; those that meet the constraints first. Open a row's
+parameters for its merge config: save it as a file and run <code>mergeopt merge FILE --out DIR</code>.</p>
+{_best_table(study)}
+<h2>Best merge beside the base and each expert</h2>{_comparison_table(study)}
+{"".join(plots) or "<p>No completed trials to plot.</p>"}
+<h2>Seconds per completed trial</h2>{_timing_table(study)}
+<h2>Failed and pruned trials</h2>{_stopped_table(study)}
 </body></html>
 """
     path = out / "report.html"

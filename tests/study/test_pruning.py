@@ -18,20 +18,15 @@ import torch
 import yaml
 from conftest import demo_words, write_study
 from optuna.trial import TrialState
-from safetensors.torch import load_file
 from tiny_models import build_tokenizer, tiny_llama
 
 from optimizer.config.study_config import StudyConfig
 from optimizer.errors import ConfigError, MergeoptError
 from optimizer.evaluate import TaskObjective, make_evaluator
-from optimizer.evaluate.base import ItemScore
-from optimizer.evaluate.fast import FastEvaluator
 from optimizer.study.export import export_trial
 from optimizer.study.pruning import PRUNED, ItemPlan
 from optimizer.study.study import Study
 from optimizer.study.worker import is_reference, start_label
-
-PROBE = "model.layers.0.mlp.down_proj.weight"
 
 
 def pruning_study(folder, zoo, pruner, n_trials=14, **overrides):
@@ -41,29 +36,6 @@ def pruning_study(folder, zoo, pruner, n_trials=14, **overrides):
     cfg["objective"]["pruner"] = pruner
     path.write_text(yaml.safe_dump(cfg))
     return path
-
-
-@pytest.fixture
-def scripted(study_zoo, monkeypatch):
-    """Items scored by how close the resident model's probe tensor is to e1's:
-    e1 alone passes 85 % of the items, the base 5 %, a merge in between."""
-    target = load_file(next(study_zoo["e1"].glob("*.safetensors")))[PROBE]
-    base = load_file(next(study_zoo["base"].glob("*.safetensors")))[PROBE]
-    span = float((target - base).norm())
-    calls: list[int] = []
-
-    def quality(model) -> float:
-        w = dict(model.named_parameters())[PROBE].detach().float()
-        return min(0.85, max(0.05, 0.85 - 0.8 * float((w - target).norm()) / span))
-
-    def score_items(self, items):
-        calls.append(len(items))
-        q = quality(self.lm.model)
-        values = [float(random.Random(f"{n}/{i}").random() < q) for n, i in items]
-        return [ItemScore(v, v) for v in values]
-
-    monkeypatch.setattr(FastEvaluator, "score_items", score_items)
-    return calls
 
 
 def open_study(path) -> Study:
