@@ -375,7 +375,7 @@ def _search(raw: Any, sampler: str, multi: bool, where: str) -> SearchSpec:
             f"{where}: a staged search refines the best trial's method; a multi_objective "
             "study has a front of best trials, not one. Use search: joint."
         )
-    if spec.staged and sampler in ("cmaes", "gp"):
+    if spec.staged and SAMPLERS[sampler].fixed_parameters:
         raise ConfigError(
             f"{where}: a staged search asks for other parameters in its second stage; "
             f"sampler {sampler} needs the same ones in every trial. Use sampler: tpe."

@@ -26,6 +26,9 @@ class SamplerKind:
     # why the search space does not suit it, or None
     unsuited: Callable[[SearchSpace], str | None] = lambda space: None
     requires: str | None = None  # an importable module it needs
+    # it models a fixed set of parameters, the same in every trial: it cannot
+    # follow a staged search, whose second stage asks for other ones
+    fixed_parameters: bool = False
 
 
 def _tpe(seed: int) -> Any:
@@ -70,9 +73,15 @@ SAMPLERS: dict[str, SamplerKind] = {
     k.name: k
     for k in (
         SamplerKind("tpe", _tpe, multi_objective=True),
-        SamplerKind("cmaes", _cmaes, multi_objective=False, unsuited=_one_continuous_method),
+        SamplerKind(
+            "cmaes",
+            _cmaes,
+            multi_objective=False,
+            unsuited=_one_continuous_method,
+            fixed_parameters=True,
+        ),
         SamplerKind("nsga2", _nsga2, multi_objective=True),
-        SamplerKind("gp", _gp, multi_objective=False, requires="scipy"),
+        SamplerKind("gp", _gp, multi_objective=False, requires="scipy", fixed_parameters=True),
         SamplerKind("random", _random, multi_objective=True),
     )
 }
