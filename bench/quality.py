@@ -100,10 +100,17 @@ def main() -> None:
         print("|---|---|---|---|---|---|")
         with tempfile.TemporaryDirectory() as tmp:
             for strategy in args.strategies:
-                rows = [
-                    run(family, strategy, seed, args.trials, Path(tmp), args.floor)
-                    for seed in args.seeds
-                ]
+                rows = []
+                for seed in args.seeds:
+                    rows.append(run(family, strategy, seed, args.trials, Path(tmp), args.floor))
+                    r = rows[-1]  # each run as it ends, to stderr (the table stays clean)
+                    print(
+                        f"  {strategy} seed {seed}: "
+                        + ", ".join(f"{k} {r[k]:.3f}" for k in STAT_KEYS)
+                        + f", best trial {r['best']}",
+                        file=sys.stderr,
+                        flush=True,
+                    )
                 cells = [spread([r[k] for r in rows]) for k in STAT_KEYS]
                 best = ", ".join(r["best"] for r in rows)
                 print(f"| {strategy} | " + " | ".join(cells) + f" | {best} |")
