@@ -81,6 +81,38 @@ def test_item_values_average_to_each_task_score():
         assert [r.graded for r in again] == pytest.approx([results[i].graded for i in subset])
 
 
+@pytest.mark.parametrize("backend", ["fast", "hf"])
+def test_items_get_the_prompts_and_values_of_a_whole_lm_eval_run(backend):
+    """The requests ``score_items`` builds once give each item what lm-eval's own
+    ``evaluate`` over the whole task gives that document: the same value and
+    graded result, few-shot prompts included, in whatever chunks it is scored."""
+    from optimizer.evaluate.harness import graded
+    from optimizer.evaluate.tasks import index_tasks, task_config
+    from optimizer.io.resources import builtin_tasks
+
+    index = index_tasks([builtin_tasks()])
+    objectives = [
+        TaskObjective(t, task_config(index[t]), "acc") for t in ("demo_kinds", "demo_larger")
+    ]
+    tok = build_tokenizer(demo_words())
+    model = tiny_llama(len(tok), hidden=32, layers=2, seed=3).eval()
+    ev = make_evaluator(backend, objectives, 12, 2).attach(model, tok, 8)
+    items = ev.items()
+    order = random.Random(1).sample(items, len(items))
+    chunked = {}
+    for start in range(0, len(order), 5):
+        part = order[start : start + 5]
+        chunked.update(zip(part, ev.score_items(part), strict=True))
+    whole = ev._evaluate(ev.search, limit=12, log_samples=True)["samples"]
+    for o in objectives:
+        samples = [s for s in whole[o.config["task"]] if s["filter"] == "none"]
+        assert len(samples) == 12
+        for sample in samples:
+            mine = chunked[(o.name, sample["doc_id"])]
+            assert mine.value == sample["acc"]
+            assert mine.graded == pytest.approx(graded(sample, "acc", sample["acc"]), abs=1e-6)
+
+
 def test_graded_is_the_right_choices_probability_as_the_metric_ranks():
     from optimizer.evaluate.harness import graded
 
