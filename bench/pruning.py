@@ -32,9 +32,8 @@ from pathlib import Path
 from families import FAMILIES
 
 from optimizer.config.study_config import StudyConfig
-from optimizer.study.pruning import PRUNED
+from optimizer.study.pruning import PRUNED, REUSED_FROM
 from optimizer.study.study import Study
-from optimizer.study.worker import REUSED_FROM
 
 
 def items_scored(study: Study, n_items: int) -> int:

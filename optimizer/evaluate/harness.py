@@ -188,8 +188,8 @@ class HarnessEvaluator:
     def _prepared(self) -> dict[str, dict[int, list[Any]]]:
         """Every search item's lm-eval requests (``Instance``s, by task and document),
         built once: they hold the prompts, never the weights, and building them
-        (lm-eval walks each task's whole dataset to pick the documents) cost
-        about 15 % of every chunk when each chunk built its own. Built in one
+        (lm-eval walks each task's whole dataset to pick the documents) was a
+        cost of every chunk when each chunk built its own. Built in one
         pass over each task's first documents, as ``score`` builds them, so an
         item gets the same prompt (few-shot examples included) in any chunk."""
         if self._requests is None:

@@ -36,6 +36,8 @@ from optimizer.evaluate.base import Evaluator, Item, TaskObjective
 PRUNERS = ("none", "wilcoxon", "hyperband")
 # user attribute of a pruned trial: {"items": items scored, "of": all items}
 PRUNED = "pruned"
+# user attribute of a trial whose merge config equals a completed trial's: its number
+REUSED_FROM = "reused_from"
 
 
 @dataclass(frozen=True)
@@ -88,10 +90,11 @@ def scored_whole(study: optuna.Study) -> list[FrozenTrial]:
 
 def best_whole(study: optuna.Study) -> FrozenTrial | None:
     """The best completed trial that was scored on every item (and meets the
-    constraints, if any trial does)."""
+    constraints, if any trial does): the trial that scored it, never a trial
+    that reused its scores (which holds no item values to pair with)."""
     from optimizer.study.constraints import feasible
 
-    whole = scored_whole(study)
+    whole = [t for t in scored_whole(study) if REUSED_FROM not in t.user_attrs]
     whole = [t for t in whole if feasible(t)] or whole
     if not whole:
         return None

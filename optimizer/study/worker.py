@@ -24,7 +24,7 @@ from optimizer.config.merge_config import MergeConfig
 from optimizer.errors import ConfigError, MergeoptError
 from optimizer.study import _optuna
 from optimizer.study.heartbeat import TrialHeartbeat, beat, seconds_since_beat
-from optimizer.study.pruning import PRUNED, score_in_chunks
+from optimizer.study.pruning import PRUNED, REUSED_FROM, score_in_chunks
 from optimizer.study.samplers import make_sampler, trial_seed
 from optimizer.study.stages import REFINES, refined_method, stage_two_sampler
 
@@ -196,10 +196,6 @@ def claim(study: Study, budget: int) -> optuna.Trial | str:
         return trial
 
 
-# user attribute of a trial whose merge config equals a completed trial's
-REUSED_FROM = "reused_from"
-
-
 def _canonical(config: dict) -> str:
     return json.dumps(config, sort_keys=True)
 
@@ -311,16 +307,16 @@ def set_constraints(study: Study, trial: optuna.Trial, scores: dict[str, float])
 
 
 def reuse(study: Study, trial: optuna.Trial, twin: FrozenTrial) -> float | list[float]:
-    """Take a completed twin's scores, value, pruned mark and the item values it
-    reported (so that a pruner comparing against it finds them here too)."""
+    """Take a completed twin's scores, value, pruned mark and constraints. Not
+    the item values it reported: a pruner compares with the twin itself (a
+    reused trial is never its reference), and copying them cost one storage
+    write per item, about as long as the twin's merge took to materialize."""
     trial.set_user_attr(REUSED_FROM, twin.number)
     trial.set_user_attr("scores", twin.user_attrs["scores"])
     if PRUNED in twin.user_attrs:
         trial.set_user_attr(PRUNED, twin.user_attrs[PRUNED])
     for text, violation in twin.constraints.items():
         trial.set_constraint(text, violation)
-    for step, value in sorted(twin.intermediate_values.items()):
-        trial.report(value, step)
     return twin.values if study.cfg.multi_objective else twin.value
 
 

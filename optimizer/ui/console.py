@@ -55,8 +55,7 @@ class TrialReporter:
         method = trial.params.get("method", "?")
         timing = trial.user_attrs.get("timing", {})
         from optimizer.study.constraints import broken
-        from optimizer.study.pruning import PRUNED
-        from optimizer.study.worker import REUSED_FROM  # here: the worker imports torch
+        from optimizer.study.pruning import PRUNED, REUSED_FROM
 
         pruned = trial.user_attrs.get(PRUNED)
         if trial.state == TrialState.COMPLETE and pruned:

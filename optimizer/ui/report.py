@@ -19,8 +19,7 @@ import optuna
 import yaml
 from optuna.trial import FrozenTrial, TrialState
 
-from optimizer.study.pruning import PRUNED
-from optimizer.study.worker import REUSED_FROM
+from optimizer.study.pruning import PRUNED, REUSED_FROM
 from optimizer.ui import summary
 from optimizer.ui.console import params_text
 

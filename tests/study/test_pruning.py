@@ -248,19 +248,26 @@ def test_a_study_cannot_change_its_pruner(study_zoo, tmp_path, scripted):
         open_study(path)
 
 
-def test_a_reused_merge_takes_its_twins_item_values(study_zoo, tmp_path, scripted):
+def test_a_reused_merge_takes_its_twins_scores_and_is_never_the_reference(
+    study_zoo, tmp_path, scripted
+):
     path = pruning_study(tmp_path, study_zoo, "wilcoxon", n_trials=5, methods=["model_stock"])
     study = open_study(path)
     study.run()
     trials = study.study.get_trials(states=(TrialState.COMPLETE,))
-    from optimizer.study.worker import REUSED_FROM
+    from optimizer.study.pruning import REUSED_FROM, best_whole
 
     reused = [t for t in trials if REUSED_FROM in t.user_attrs]
     assert reused
     for t in reused:
         twin = study.study.trials[t.user_attrs[REUSED_FROM]]
-        assert t.intermediate_values == twin.intermediate_values
         assert t.value == twin.value
+        assert t.user_attrs["scores"] == twin.user_attrs["scores"]
+        assert t.intermediate_values == {}  # no storage write per item
+        assert twin.intermediate_values
+    reference = best_whole(study.study)
+    assert REUSED_FROM not in reference.user_attrs
+    assert reference.intermediate_values
 
 
 @pytest.mark.parametrize(

@@ -18,10 +18,10 @@ from optimizer.config.merge_config import MergeConfig
 from optimizer.config.study_config import StudyConfig
 from optimizer.errors import ConfigError
 from optimizer.evaluate.fast import FastEvaluator
+from optimizer.study.pruning import REUSED_FROM
 from optimizer.study.search_space import SearchSpace
 from optimizer.study.stages import REFINED, REFINES
 from optimizer.study.study import Study
-from optimizer.study.worker import REUSED_FROM
 
 PROBE = "model.layers.0.mlp.down_proj.weight"
 

@@ -429,7 +429,7 @@ def test_a_repeated_merge_reuses_the_scores_without_evaluating(study_zoo, tmp_pa
     """Model Stock has nothing to search: after its first trial, each of its
     trials is the same merge, scored once."""
     from optimizer.cli import main
-    from optimizer.study.worker import REUSED_FROM
+    from optimizer.study.pruning import REUSED_FROM
 
     path = write_study(tmp_path, study_zoo, methods=["model_stock"], n_trials=6)
     study = open_study(path)
