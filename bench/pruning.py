@@ -7,7 +7,7 @@ sampler seed. Each run goes on
 until it has scored ``--items`` items (a whole trial scores every search
 item; a pruned one, the chunks it saw; a reused merge, none), so both arms
 spend the same evaluation compute whatever their trial counts. Prints per
-run: trials finished (pruned among them), items scored, wall time, trials
+run: trials finished (pruned and reused among them), items scored, wall time, trials
 per hour, the best search score and that trial's held-out score; then the
 means over seeds and the trials-per-hour ratio.
 
@@ -89,6 +89,10 @@ def run_arm(folder: Path, pruner: dict, seed: int, budget: int, args) -> dict:
         "seed": seed,
         "trials": trials,
         "pruned": len(study.pruned()),
+        "reused": sum(
+            REUSED_FROM in t.user_attrs
+            for t in study.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        ),
         "items": items_scored(study, n_items),
         "wall": wall,
         "per_hour": trials / wall * 3600,
@@ -114,7 +118,7 @@ def main() -> None:
     FAMILIES[args.family].build()
     rows = []
     header = (
-        "| pruner | seed | trials (pruned) | items | wall s | s/trial | trials/h "
+        "| pruner | seed | trials (pruned, reused) | items | wall s | s/trial | trials/h "
         "| best search | its held-out | best trial |"
     )
     print(header)
@@ -128,7 +132,8 @@ def main() -> None:
                 r = run_arm(Path(tmp), spec, seed, args.items, args)
                 rows.append(r)
                 print(
-                    f"| {r['pruner']} | {r['seed']} | {r['trials']} ({r['pruned']}) | {r['items']} "
+                    f"| {r['pruner']} | {r['seed']} | {r['trials']} ({r['pruned']}, {r['reused']}) "
+                    f"| {r['items']} "
                     f"| {r['wall']:.0f} | {r['per_trial']:.1f} | {r['per_hour']:.0f} "
                     f"| {r['search']:.4f} | {r['heldout']:.4f} | {r['best']} |"
                 )
