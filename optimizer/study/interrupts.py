@@ -18,6 +18,18 @@ from collections.abc import Iterator
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
+class StopRequested(KeyboardInterrupt):
+    """The KeyboardInterrupt a worker's signal raises.
+
+    A subclass, not KeyboardInterrupt itself: CPython 3.11 marks a plain
+    KeyboardInterrupt that leaves any ``exec``/``eval`` of a string (a
+    dataclass or a template being made while the signal lands) as unhandled
+    even when it is caught later, and ``python -m`` then ends the process with
+    SIGINT instead of the worker's exit status 130. The mark is set for that
+    exact class only.
+    """
+
+
 class Interrupts:
     """While active (``with Interrupts():``), SIGINT and SIGTERM stop the worker.
 
@@ -49,13 +61,13 @@ class Interrupts:
         # ignored, so the next check() must still stop the worker.
         self._pending = True
         if self._open:
-            raise KeyboardInterrupt
+            raise StopRequested
 
     def check(self) -> None:
         """Raise the KeyboardInterrupt of a signal that came during a write."""
         if self._pending:
             self._pending = False
-            raise KeyboardInterrupt
+            raise StopRequested
 
     @contextlib.contextmanager
     def interruptible(self) -> Iterator[None]:

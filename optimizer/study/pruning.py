@@ -22,9 +22,11 @@ means): a full trial's value is the same whichever way it was scored.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -177,18 +179,21 @@ def score_in_chunks(
     trial: optuna.Trial | None = None,
     pruner: str = "none",
     may_prune: bool = True,
+    interruptible: Callable[[], AbstractContextManager[object]] = contextlib.nullcontext,
 ) -> ChunkedScore:
     """Score the plan's chunks in order, reporting each item to ``trial`` (its
     weighted graded result at its position: Wilcoxon's pairs) or each chunk's
     running mean at the items seen so far (Hyperband's resource), and stop early when
     the study's pruner says so. Without a trial, every item is scored (the
-    export check: the same prompts the search saw)."""
+    export check: the same prompts the search saw). A signal may cut the
+    scoring (``interruptible``), never the reports: they are storage writes."""
     raw: dict[str, list[float]] = {}
     weighted: list[float] = []
     graded: list[float] = []
     chunks = plan.chunks()
     for k, chunk in enumerate(chunks):
-        results = evaluator.score_items([item for _, item in chunk])
+        with interruptible():
+            results = evaluator.score_items([item for _, item in chunk])
         for (position, (name, _)), result in zip(chunk, results, strict=True):
             raw.setdefault(name, []).append(result.value)
             weighted.append(result.value * plan.weights[name])

@@ -245,8 +245,7 @@ def score_trial(study: Study, trial: optuna.Trial) -> float | list[float]:
     t_eval = time.perf_counter()
     log.debug("trial %d evaluate", trial.number)
     try:
-        with study.interrupts.interruptible():
-            scores, pruned_value = evaluate(study, trial)
+        scores, pruned_value = evaluate(study, trial)
     except torch.OutOfMemoryError:
         fail("out of memory while evaluating the candidate")
     except Exception as e:  # noqa: BLE001 - any evaluation error fails only this trial
@@ -277,7 +276,8 @@ def evaluate(study: Study, trial: optuna.Trial) -> tuple[dict[str, float], float
     (the base, an expert alone) is never pruned, a method's start point may be.
     """
     if study.plan is None:
-        return study.evaluator.score(), None
+        with study.interrupts.interruptible():
+            return study.evaluator.score(), None
     result = score_in_chunks(
         study.evaluator,
         study.plan,
@@ -285,6 +285,7 @@ def evaluate(study: Study, trial: optuna.Trial) -> tuple[dict[str, float], float
         trial,
         study.cfg.pruner.name,
         may_prune=not is_reference(trial),
+        interruptible=study.interrupts.interruptible,
     )
     if not result.pruned:
         return result.scores, None

@@ -22,7 +22,9 @@ from conftest import write_study
 from optuna.trial import TrialState
 
 from optimizer.config.study_config import StudyConfig
+from optimizer.evaluate.base import ItemScore, TaskObjective
 from optimizer.study.interrupts import Interrupts
+from optimizer.study.pruning import ItemPlan, score_in_chunks
 from optimizer.study.study import Study
 
 PHASES = ("claimed", "materialize", "evaluate", "record", "recorded")
@@ -97,3 +99,76 @@ def test_a_signal_whose_interrupt_is_swallowed_still_stops_the_worker():
         with pytest.raises(KeyboardInterrupt):
             interrupts.check()
         interrupts.check()  # raised once
+
+
+class _SignalledTrial:
+    """A trial whose second report is where a signal arrives."""
+
+    def __init__(self, interrupts: Interrupts) -> None:
+        self.interrupts = interrupts
+        self.reported: list[int] = []
+
+    def report(self, value: float, step: int) -> None:
+        if len(self.reported) == 1:
+            self.interrupts._handle(signal.SIGINT, None)
+        self.reported.append(step)
+
+    def should_prune(self) -> bool:
+        return False
+
+
+class _Items:
+    def __init__(self) -> None:
+        self.scored: list[int] = []
+
+    def score_items(self, items):
+        self.scored.append(len(items))
+        return [ItemScore(1.0, 1.0) for _ in items]
+
+
+def test_a_signal_during_a_report_stops_before_the_next_chunk_not_inside_the_write():
+    objectives = [TaskObjective("a", {}, "acc", 1.0)]
+    plan = ItemPlan.build([("a", i) for i in range(12)], objectives, seed=0, chunk=4)
+    interrupts, items = Interrupts(), _Items()
+    trial = _SignalledTrial(interrupts)
+    with interrupts, pytest.raises(KeyboardInterrupt):
+        score_in_chunks(
+            items, plan, objectives, trial, "wilcoxon", interruptible=interrupts.interruptible
+        )
+    assert len(trial.reported) == 4  # every write of the chunk finished
+    assert items.scored == [4]  # and the next chunk never started
+
+
+STOPPED_INSIDE_EXEC = """
+import signal, sys
+from optimizer.study.interrupts import Interrupts
+
+with Interrupts() as interrupts:
+    try:
+        with interrupts.interruptible():
+            # the signal lands while a string is executed (a dataclass being made)
+            exec("signal.raise_signal(signal.SIGINT)")
+    except KeyboardInterrupt:
+        print("stopped")
+sys.exit(130)
+"""
+
+
+def test_a_signal_inside_an_exec_still_ends_the_worker_with_its_own_status(tmp_path):
+    # CPython 3.11 remembers a plain KeyboardInterrupt that left an exec() of a
+    # string, caught or not, and `python -m` then killed itself with SIGINT
+    # (-2) instead of exiting 130: seen once in CI, in the test above.
+    (tmp_path / "stopped_inside_exec.py").write_text(STOPPED_INSIDE_EXEC)
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(tmp_path), str(Path(__file__).parents[2])]),
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "stopped_inside_exec"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    assert (done.returncode, done.stdout) == (130, "stopped\n"), done.stderr
