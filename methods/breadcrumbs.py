@@ -16,7 +16,7 @@ from methods.family import Sparsifier, Variant, register_family
 from methods.fuse import ExpertInput, premasked
 from methods.kernels import Sparsify, keep_where, magnitude_window, rank_window
 from methods.masks import band_mask, floor_count, stable_ranks
-from methods.registry import Mergekit, ParamSpec, TensorContext, density_param
+from methods.registry import Caches, Mergekit, ParamSpec, TensorContext, density_param
 from methods.ties import tensor_windows, window_input
 
 DEFAULT_BETA = 0.09  # with the default gamma 0.01: mergekit users' density 0.9
@@ -167,6 +167,7 @@ TAILS = Sparsifier(
     check=check_tails,
     exclusive=(("beta", "density"),),
     ranges_check=check_tail_ranges,
+    caches=Caches(paper=("ranks",), mergekit=("orders",)),
 )
 
 register_family(

@@ -31,6 +31,7 @@ from methods.masks import (
     uniform_like,
 )
 from methods.registry import (
+    Caches,
     Mergekit,
     ParamSpec,
     Reparam,
@@ -168,6 +169,7 @@ MAGPRUNE = Sparsifier(
     tail_params=(rescale_param(),),
     random=True,
     check=check_window,
+    caches=Caches(paper=("ranks",), mergekit=("ranks",)),
     ranges_check=check_window_ranges,
 )
 

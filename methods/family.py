@@ -29,6 +29,7 @@ from methods.fuse import ExpertInput
 from methods.kernels import Sparsify
 from methods.launch import Plan
 from methods.registry import (
+    Caches,
     CrossCheck,
     Mergekit,
     MethodSpec,
@@ -67,6 +68,7 @@ class Sparsifier:
     check: CrossCheck | None = None
     exclusive: tuple[tuple[str, str], ...] = ()
     ranges_check: RangeCheck | None = None
+    caches: Caches = Caches()
 
 
 @dataclass(frozen=True)
@@ -167,6 +169,7 @@ def register_family(
                     start_points=start_points,
                     references=v.references,
                     mergekit=v.mergekit,
+                    caches=sparsifier.caches,
                     reference=reference,
                 )
             )

@@ -51,6 +51,23 @@ class References:
     base: Mapping[str, Any] | None = None
 
 
+CacheKind = Literal["ranks", "orders"]
+
+
+@dataclass(frozen=True)
+class Caches:
+    """The per-study caches a method makes the resident engine fill, per compat
+    mode: ``ranks`` (packed row ranks, 2 bytes an entry per expert) or
+    ``orders`` (magnitude orders, 4 bytes). The engine's memory plan counts
+    only the caches its study's methods use."""
+
+    paper: tuple[CacheKind, ...] = ()
+    mergekit: tuple[CacheKind, ...] = ()
+
+    def of(self, compat: str) -> tuple[CacheKind, ...]:
+        return self.mergekit if compat == "mergekit" else self.paper
+
+
 @dataclass(frozen=True)
 class Mergekit:
     """The method's name in mergekit and a point in mergekit's own vocabulary
@@ -170,7 +187,8 @@ class MethodSpec:
     ``beta + gamma < 1``), parameters that exclude each other (``exclusive``),
     search ranges that would allow a forbidden combination (``ranges_check``),
     where a search starts (``start_points``), how it reproduces its inputs
-    (``references``) and its mergekit counterpart (``mergekit``).
+    (``references``), its mergekit counterpart (``mergekit``) and the
+    per-study caches it fills (``caches``).
     """
 
     name: str
@@ -187,6 +205,7 @@ class MethodSpec:
     start_points: tuple[Mapping[str, Any], ...] = ()
     references: References | None = None
     mergekit: Mergekit | None = None
+    caches: Caches = Caches()
     # the same math in plain torch (no kernels, no caches): what the fused
     # path is tested against; fn's arguments without ``out``
     reference: Callable[..., torch.Tensor] | None = None

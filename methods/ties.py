@@ -18,7 +18,7 @@ from methods.fuse import ExpertInput
 from methods.kernels import Sparsify, magnitude_window
 from methods.magnitudes import Window, keep_ranks
 from methods.masks import count, stable_ranks
-from methods.registry import Mergekit, TensorContext, density_param
+from methods.registry import Caches, Mergekit, TensorContext, density_param
 
 
 def window_input(delta: torch.Tensor, w: Window, index: int) -> ExpertInput:
@@ -67,6 +67,7 @@ MAGNITUDE = Sparsifier(
     trimmed_inputs,
     reference_trim,
     params=(density_param(0.2, help="fraction of largest-magnitude entries kept"),),
+    caches=Caches(paper=("orders",), mergekit=("orders",)),
 )
 
 register_family(

@@ -207,6 +207,16 @@ def _log_phases() -> None:
     logging.getLogger("mergeopt").setLevel(logging.DEBUG)
 
 
+def _memory_plan(study) -> str:
+    """What loading the models will hold and where, read from their headers."""
+    from optimizer.engine.footprint import size_text
+    from optimizer.engine.resident import pick_device
+    from optimizer.evaluate.memory import free_bytes
+
+    device = pick_device(study.cfg.device)
+    return f"{study.footprint().describe()} on {device}, {size_text(free_bytes(device))} free"
+
+
 def run_study(
     path: str,
     storage: str | None = None,
@@ -236,6 +246,7 @@ def run_study(
         f"methods: {', '.join(m.name for m in study.space.methods)}",
         soft_wrap=True,
     )
+    console.print(f"memory: {_memory_plan(study)}", soft_wrap=True)
     summary = study.run(budget, timeout, on_trial=TrialReporter(budget, cfg.multi_objective))
     if summary.interrupted:
         console.print(

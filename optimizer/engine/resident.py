@@ -40,10 +40,12 @@ from methods.engine_api import (
     packable,
     row_ranks_packed,
 )
+from methods.registry import CacheKind
 from optimizer.config.merge_config import MergeConfig
 from optimizer.config.param_forms import TensorSite
 from optimizer.engine.apply import launch_plans, plan_tensor
 from optimizer.engine.candidate import Candidate
+from optimizer.engine.footprint import CACHE_BYTES, keeps_caches, of_checkpoint, size_text
 from optimizer.errors import ConfigError, ModelError
 from optimizer.io.checkpoint import Checkpoint, check_compatible
 
@@ -95,13 +97,29 @@ class ResidentMerger:
         allow_pickle: bool = False,
         trust_remote_code: bool = False,
         compile_kernels: bool = True,
+        caches: tuple[CacheKind, ...] | None = None,
     ) -> None:
+        """``caches``: the kinds the study's methods fill (None: any), counted
+        against free memory before anything loads."""
         from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from optimizer.evaluate.memory import free_bytes
 
         self.device = pick_device(device)
         base_ckpt = Checkpoint(base, allow_pickle)
         expert_ckpts = [Checkpoint(p, allow_pickle) for p in experts]
         check_compatible(base_ckpt, expert_ckpts)
+        kinds = tuple(CACHE_BYTES) if caches is None else caches
+        self.footprint = of_checkpoint(base_ckpt, len(expert_ckpts), kinds if cache_ranks else ())
+        self.notes: list[str] = []
+        free = free_bytes(self.device)
+        if not keeps_caches(self.footprint, free, str(self.device)):
+            cache_ranks = False  # each trial then selects or sorts instead
+            self.notes.append(
+                f"the caches ({size_text(self.footprint.cache_bytes)}) do not fit beside the "
+                f"resident models in the {size_text(free)} free on {self.device}: trials run "
+                "without them, slower (cache_ranks: false in the study file silences this)"
+            )
         self.num_layers = base_ckpt.num_layers
         self.model = AutoModelForCausalLM.from_pretrained(
             base,
@@ -150,6 +168,7 @@ class ResidentMerger:
         """
         self = cls.__new__(cls)
         self.device = pick_device(device)
+        self.notes = []
         self.num_layers = num_layers
         self.model = self.tokenizer = None
         self.names = list(base)

@@ -14,6 +14,7 @@ from ``_optimize`` and ``_tell``.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -21,8 +22,10 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from methods.registry import CacheKind
 from optimizer.config.merge_config import MergeConfig
 from optimizer.config.study_config import StudyConfig
+from optimizer.engine.footprint import Footprint, cache_kinds, of_checkpoint
 from optimizer.errors import ConfigError
 from optimizer.evaluate import TaskObjective, make_evaluator
 from optimizer.evaluate.tasks import index_tasks, resolve_task, task_config
@@ -49,6 +52,8 @@ FINGERPRINT = "mergeopt:fingerprint"
 MODEL_FILES = "mergeopt:model_files"
 HELDOUT = "mergeopt:heldout:"
 BASE_SCORES = "mergeopt:base_scores"  # the base's search scores, for "x base" constraints
+
+log = logging.getLogger("mergeopt")
 
 
 def objectives_for(cfg: StudyConfig) -> list[TaskObjective]:
@@ -233,8 +238,25 @@ class Study:
                 allow_pickle=cfg.allow_pickle,
                 trust_remote_code=cfg.trust_remote_code,
                 compile_kernels=cfg.compile_kernels,
+                caches=self.cache_kinds(),
             )
+            for note in self.merger.notes:
+                log.warning("note: %s", note)
             self.evaluator.attach(self.merger.model, self.merger.tokenizer, self.cfg.batch_size)
+
+    def cache_kinds(self) -> tuple[CacheKind, ...]:
+        """The per-study caches this study's methods fill (either stage's)."""
+        methods = list(self.space.methods) + (self.refined.methods if self.refined else [])
+        return cache_kinds(methods, self.cfg.compat)
+
+    def footprint(self) -> Footprint:
+        """What loading the models will hold, from their headers (read in moments)."""
+        cfg = self.cfg
+        return of_checkpoint(
+            Checkpoint(cfg.base_model, cfg.allow_pickle),
+            len(cfg.models),
+            self.cache_kinds() if cfg.cache_ranks else (),
+        )
 
     def candidate(self, params: dict[str, Any]) -> dict[str, Any]:
         """The merge config (stored with the trial) that a trial's parameters describe."""
