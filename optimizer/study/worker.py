@@ -133,16 +133,16 @@ def fail_and_retry(study: Study, t: FrozenTrial, reason: str) -> bool:
 
     Under the lock. Whichever worker notices first does it; any later one
     (another worker, a second recovery path) finds the trial finished, and a
-    retry already queued for it is never queued twice.
+    retry already queued for it is never queued twice. The retry is queued
+    before the trial is failed: a worker killed between the two writes leaves
+    the trial RUNNING with its retry waiting, and the next recovery only fails
+    it. The other order lost the candidate (failed, never queued again, and no
+    longer RUNNING for any recovery to find).
     """
     storage = study.storage
     with study.lock.held():
-        try:
-            storage.set_trial_user_attr(_optuna.trial_id(t), "fail_reason", reason)
-            if not storage.set_trial_state_values(_optuna.trial_id(t), TrialState.FAIL):
-                return False
-        except Exception:  # noqa: BLE001 - finished meanwhile by its worker
-            return False
+        if storage.get_trial(_optuna.trial_id(t)).state != TrialState.RUNNING:
+            return False  # finished meanwhile (by its worker, or recovered already)
         params = t.params or _optuna.enqueued_params(t)
         queued = any(
             x.user_attrs.get("retry_of") == t.number for x in _optuna.trials(storage, study.study)
@@ -151,7 +151,11 @@ def fail_and_retry(study: Study, t: FrozenTrial, reason: str) -> bool:
             label = start_label(t)  # a retried start trial is still that reference
             attrs = {"retry_of": t.number, **({START: label} if label else {})}
             study.study.enqueue_trial(params, user_attrs=attrs)
-        return True
+        try:
+            storage.set_trial_user_attr(_optuna.trial_id(t), "fail_reason", reason)
+            return storage.set_trial_state_values(_optuna.trial_id(t), TrialState.FAIL)
+        except Exception:  # noqa: BLE001 - finished meanwhile by its worker
+            return False
 
 
 def fail_own_running(study: Study, reason: str) -> None:
