@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -48,6 +49,27 @@ def smollm_zoo(n_experts: int) -> tuple[Path, list[Path]]:
         synthetic_finetune(base, CACHE / f"smollm2-ft{i}", seed=100 + i) for i in range(n_experts)
     ]
     return base, experts
+
+
+def bfloat16_copy(folder: Path) -> Path:
+    """``folder`` with its floating-point tensors stored in bfloat16 (cached)."""
+    out = folder.with_name(folder.name + "-bf16")
+    if (out / "model.safetensors").is_file():
+        return out
+    tmp = out.with_name(out.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(folder, tmp, ignore=shutil.ignore_patterns("*.safetensors"))
+    with safe_open(folder / "model.safetensors", "pt") as f:
+        tensors = {n: f.get_tensor(n) for n in f.keys()}  # noqa: SIM118 - safe_open has no iter
+    for name, t in tensors.items():
+        if t.is_floating_point():
+            tensors[name] = t.to(torch.bfloat16)
+    save_file(tensors, tmp / "model.safetensors", metadata={"format": "pt"})
+    config = json.loads((tmp / "config.json").read_text())
+    config["torch_dtype"] = config["dtype"] = "bfloat16"
+    (tmp / "config.json").write_text(json.dumps(config, indent=2))
+    tmp.rename(out)
+    return out
 
 
 def random_model(hidden: int, inter: int, layers: int, vocab: int, seed: int) -> dict:

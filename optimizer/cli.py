@@ -133,6 +133,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     study_parser(
+        "plan",
+        "memory and speed of each residency tier, before loading",
+        "Read the models' headers and print what the study holds in each residency tier "
+        "(on the device, in host memory, the caches), whether it fits this machine, the "
+        "least a candidate can take there (bandwidths measured now), and the tier `run` "
+        "will take. Loads no model and leaves the study's storage alone.",
+    )
+
+    study_parser(
         "status",
         "trials by state and the best trials",
         "Show a study's trials by state and its best trials with per-task search and held-out scores.",
@@ -208,13 +217,17 @@ def _log_phases() -> None:
 
 
 def _memory_plan(study) -> str:
-    """What loading the models will hold and where, read from their headers."""
-    from optimizer.engine.footprint import size_text
+    """What loading the models will hold and where, read from their headers,
+    and the least a candidate can take there; raises when nothing fits."""
     from optimizer.engine.resident import pick_device
     from optimizer.evaluate.memory import free_bytes
+    from optimizer.io.checkpoint import Checkpoint
+    from optimizer.ui.plan import Bandwidths, plan_line
 
     device = pick_device(study.cfg.device)
-    return f"{study.footprint().describe()} on {device}, {size_text(free_bytes(device))} free"
+    fp, _ = study.residency()  # its notes are said again when the models load
+    bw = Bandwidths.measure(device, Checkpoint(study.cfg.base_model, study.cfg.allow_pickle))
+    return plan_line(fp, device, free_bytes(device), bw)
 
 
 def run_study(
@@ -293,6 +306,40 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.verbose:
         _log_phases()
     return run_study(args.study, args.storage, args.n_trials, args.timeout, not args.no_export)
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    import torch
+
+    from optimizer.config.study_config import StudyConfig
+    from optimizer.engine.footprint import dtype_name
+    from optimizer.engine.resident import pick_device
+    from optimizer.evaluate.memory import free_bytes
+    from optimizer.io.checkpoint import Checkpoint
+    from optimizer.study import Study
+    from optimizer.ui.console import console
+    from optimizer.ui.plan import Bandwidths, plan_line, tier_table
+
+    study = Study(StudyConfig.from_yaml(args.study, storage=args.storage), connect=False)
+    cfg = study.cfg
+    device = pick_device(cfg.device)
+    wanted = study.footprint()
+    free_device, free_host = free_bytes(device), free_bytes(torch.device("cpu"))
+    bw = Bandwidths.measure(device, Checkpoint(cfg.base_model, cfg.allow_pickle))
+    console.print(
+        f"study [bold]{cfg.name}[/bold]: {cfg.base_model} + {len(cfg.models)} experts, "
+        f"held in {dtype_name(wanted.stored)}, scored in {dtype_name(wanted.scored)}; "
+        f"caches its methods fill: {', '.join(wanted.caches) or 'none'}",
+        soft_wrap=True,
+    )
+    console.print(tier_table(wanted, device, free_device, free_host, bw))
+    fp, notes = study.residency()
+    console.print(
+        f"residency {cfg.residency}: {plan_line(fp, device, free_device, bw)}", soft_wrap=True
+    )
+    for note in notes:
+        console.print(f"note: {note}", soft_wrap=True)
+    return 0
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -389,6 +436,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     handlers = {
         "merge": cmd_merge,
         "run": cmd_run,
+        "plan": cmd_plan,
         "status": cmd_status,
         "export": cmd_export,
         "report": cmd_report,

@@ -4,6 +4,7 @@ import random
 from pathlib import Path
 
 import pytest
+import torch
 from tiny_models import build_tokenizer, perturbed_copy, save_model, tiny_llama
 
 WORDS = "the cat sat on a mat dog ran to park one two three four five plus equals".split()
@@ -42,6 +43,20 @@ def study_zoo(tmp_path_factory) -> dict[str, Path]:
     out = {"base": save_model(base, tok, root / "base")}
     for i, name in enumerate(("e1", "e2")):
         out[name] = save_model(perturbed_copy(base, 0.05, seed=20 + i), tok, root / name)
+    return out
+
+
+@pytest.fixture(scope="session")
+def bf16_zoo(tmp_path_factory) -> dict[str, Path]:
+    """The study zoo's architecture saved in bfloat16, experts further apart
+    than bfloat16's step so their task vectors are not mostly zero."""
+    root = tmp_path_factory.mktemp("bf16_zoo")
+    tok = build_tokenizer(demo_words())
+    base = tiny_llama(len(tok), hidden=32, layers=2, seed=1)
+    out = {"base": save_model(base.to(torch.bfloat16), tok, root / "base")}
+    for i, name in enumerate(("e1", "e2")):
+        expert = perturbed_copy(base.float(), 0.05, seed=20 + i)
+        out[name] = save_model(expert.to(torch.bfloat16), tok, root / name)
     return out
 
 

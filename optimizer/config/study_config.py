@@ -15,6 +15,7 @@ from typing import Any
 from methods import COMPAT_MODES
 from optimizer.config.merge_config import read_yaml, resolve_model_path
 from optimizer.config.schema import REQUIRED, Key, at_least, one_of, positive, read_section
+from optimizer.engine.footprint import TIERS
 from optimizer.errors import ConfigError
 from optimizer.evaluate import BACKENDS
 from optimizer.io.output_folder import DTYPE_NAMES
@@ -71,6 +72,13 @@ STUDY_KEYS = (
     Key("timeout", ("number",), None, "seconds after which this worker starts no trial", positive),
     Key("device", ("str",), "auto", "auto | cpu | cuda | cuda:N", _device),
     Key("dtype", ("str",), "float32", "dtype of exported merges", one_of(tuple(DTYPE_NAMES))),
+    Key(
+        "eval_dtype",
+        ("str",),
+        "auto",
+        "dtype the scored model is held in: auto (the base's stored dtype) or a dtype",
+        one_of(("auto", *DTYPE_NAMES)),
+    ),
     Key("compat", ("str",), "paper", "paper | mergekit numerics", one_of(COMPAT_MODES)),
     Key("seed", ("int",), 0, "seed of random masks (and the sampler's by default)"),
     Key(
@@ -85,6 +93,14 @@ STUDY_KEYS = (
         at_least(1),
     ),
     Key("cache_ranks", ("bool",), True, "keep row ranks / magnitude orders between trials"),
+    Key(
+        "residency",
+        ("str",),
+        "auto",
+        "where base and experts wait between candidates: auto (first that fits) | device "
+        "| host (host memory, streamed per tensor) | disk (reread from the files)",
+        one_of(("auto", *TIERS)),
+    ),
     Key("compile_kernels", ("bool",), True, "fuse each candidate's math with torch.compile"),
     Key("allow_pickle", ("bool",), False, "allow .bin/.pt checkpoints (unpickling runs code)"),
     Key("trust_remote_code", ("bool",), False, "allow models that ship their own code"),
@@ -241,6 +257,10 @@ class StudyConfig:
     # unpickling and a model's own Python code can run anything: off unless asked
     allow_pickle: bool = False
     trust_remote_code: bool = False
+    # the scored model's dtype: "auto" is the base's stored dtype
+    eval_dtype: str = "auto"
+    # the tier base and experts are held in (optimizer.engine.holding); same bytes in each
+    residency: str = "auto"
     raw: dict[str, Any] = field(default_factory=dict)
     # what was adjusted in the user's config, said once when a run starts
     notes: list[str] = field(default_factory=list)
@@ -361,6 +381,8 @@ class StudyConfig:
             compile_kernels=top["compile_kernels"],
             allow_pickle=top["allow_pickle"],
             trust_remote_code=top["trust_remote_code"],
+            eval_dtype=top["eval_dtype"],
+            residency=top["residency"],
             raw=dict(raw),
             notes=notes,
         )

@@ -1,7 +1,10 @@
 """The resident model: every candidate is written into one loaded model in place.
 
 Models are read once. What does not change between trials is kept: the base
-tensors and each expert's task vector in float32 on the compute device and,
+tensors and each expert's task vector in float32 on the compute device (for
+checkpoints all stored in bfloat16 or float16: the base and the experts as
+stored, half the bytes, each task vector formed in float32 per tensor inside
+the candidate's pass, exactly as the one-shot merge forms it) and,
 filled on first use by the methods that need them, each task vector's row
 ranks (DELLA, paper-mode Breadcrumbs; int16, half a model per expert) and its
 stable magnitude order (TIES, mergekit-mode Breadcrumbs; int32 positions, a
@@ -9,7 +12,8 @@ model per expert: a trial's thresholds and tie positions become lookups
 instead of a selection and a counting pass over the tensor), plus small
 per-tensor values (Model Stock's ratios, SLERP's angle). A candidate is then one fused
 elementwise pass per tensor written straight into the model's parameters: no
-disk, no re-instantiation, no temporaries. Memory: (experts + 2) models, plus
+disk, no re-instantiation, no temporaries. Memory: (experts + 1) stored
+models and the scored one (``eval_dtype``, default the base's dtype), plus
 0.5 (ranks) and 1 (order) per expert for the caches once used
 (``cache_ranks: false`` trades them for a selection or sort per trial).
 
@@ -25,9 +29,9 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Hashable, Iterable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -45,7 +49,15 @@ from optimizer.config.merge_config import MergeConfig
 from optimizer.config.param_forms import TensorSite
 from optimizer.engine.apply import launch_plans, plan_tensor
 from optimizer.engine.candidate import Candidate
-from optimizer.engine.footprint import CACHE_BYTES, keeps_caches, of_checkpoint, size_text
+from optimizer.engine.footprint import (
+    CACHE_BYTES,
+    NATIVE_DTYPES,
+    Footprint,
+    Tier,
+    of_models,
+    plan_residency,
+)
+from optimizer.engine.holding import Files, Holding, Operands, Stacks
 from optimizer.errors import ConfigError, ModelError
 from optimizer.io.checkpoint import Checkpoint, check_compatible
 
@@ -71,7 +83,7 @@ class ShapeSlots:
         }
 
     def buffers(
-        self, dtype: torch.dtype, device: torch.device, slot_shape=None
+        self, dtype: torch.dtype, device: torch.device, slot_shape=None, pin: bool = False
     ) -> dict[tuple[int, ...], torch.Tensor]:
         """One uninitialized buffer per shape (or per ``slot_shape(shape)``)."""
         return {
@@ -79,6 +91,7 @@ class ShapeSlots:
                 (len(names), *(slot_shape(shape) if slot_shape else shape)),
                 dtype=dtype,
                 device=device,
+                pin_memory=pin,
             )
             for shape, names in self.members.items()
         }
@@ -98,9 +111,14 @@ class ResidentMerger:
         trust_remote_code: bool = False,
         compile_kernels: bool = True,
         caches: tuple[CacheKind, ...] | None = None,
+        eval_dtype: torch.dtype | None = None,
+        residency: Tier | Literal["auto"] = "auto",
     ) -> None:
         """``caches``: the kinds the study's methods fill (None: any), counted
-        against free memory before anything loads."""
+        against free memory before anything loads; ``eval_dtype``: the dtype
+        the scored model is held in (None: the base's stored dtype);
+        ``residency``: where the base and the experts wait between candidates
+        (``optimizer.engine.holding``; auto: the first tier that fits)."""
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         from optimizer.evaluate.memory import free_bytes
@@ -110,20 +128,17 @@ class ResidentMerger:
         expert_ckpts = [Checkpoint(p, allow_pickle) for p in experts]
         check_compatible(base_ckpt, expert_ckpts)
         kinds = tuple(CACHE_BYTES) if caches is None else caches
-        self.footprint = of_checkpoint(base_ckpt, len(expert_ckpts), kinds if cache_ranks else ())
-        self.notes: list[str] = []
-        free = free_bytes(self.device)
-        if not keeps_caches(self.footprint, free, str(self.device)):
+        wanted = of_models(base_ckpt, expert_ckpts, kinds if cache_ranks else (), eval_dtype)
+        self.footprint, self.notes = plan_residency(
+            wanted, residency, self.device, free_bytes(self.device), free_bytes(torch.device("cpu"))
+        )
+        if wanted.caches and not self.footprint.caches:
             cache_ranks = False  # each trial then selects or sorts instead
-            self.notes.append(
-                f"the caches ({size_text(self.footprint.cache_bytes)}) do not fit beside the "
-                f"resident models in the {size_text(free)} free on {self.device}: trials run "
-                "without them, slower (cache_ranks: false in the study file silences this)"
-            )
+        self.store_dtype, self.eval_dtype = self.footprint.stored, self.footprint.scored
         self.num_layers = base_ckpt.num_layers
         self.model = AutoModelForCausalLM.from_pretrained(
             base,
-            dtype=torch.float32,
+            dtype=self.eval_dtype,
             use_safetensors=None if allow_pickle else True,
             trust_remote_code=trust_remote_code,
         ).to(self.device)
@@ -142,8 +157,7 @@ class ResidentMerger:
         self.slots = ShapeSlots({n: base_ckpt.tensors[n].shape for n in self.names})
         self._stacked: set[int] = set()  # storages of the shared buffers
         # read straight into the shared buffers, one tensor at a time
-        self.base = self._new_stack()
-        self.deltas = [self._new_stack() for _ in experts]
+        self._hold(len(expert_ckpts), Files([base_ckpt, *expert_ckpts]))
         for name in self.names:
             self._fill(name, base_ckpt.get(name), (ck.get(name) for ck in expert_ckpts))
         self.targets = self._restack_targets({n: targets[n] for n in self.names})
@@ -158,13 +172,15 @@ class ResidentMerger:
         device: str = "cpu",
         cache_ranks: bool = True,
         compile_kernels: bool = True,
+        eval_dtype: torch.dtype | None = None,
+        residency: Literal["device", "host"] = "device",
     ) -> ResidentMerger:
         """An engine over tensors already in memory, writing into fresh target tensors.
 
         For benchmarks and tests that need models of a size no folder holds
         (random weights); everything after loading is the same code path.
         The dicts are emptied as their tensors move into the engine's shared
-        buffers, so the models are never held twice.
+        buffers, so the models are never held twice. (No files: no disk tier.)
         """
         self = cls.__new__(cls)
         self.device = pick_device(device)
@@ -175,21 +191,111 @@ class ResidentMerger:
         self.sites = {n: TensorSite.of(n, num_layers) for n in self.names}
         self.slots = ShapeSlots({n: tuple(t.shape) for n, t in base.items()})
         self._stacked: set[int] = set()
-        self.base = self._new_stack()
-        self.targets = self._new_stack()
-        self.deltas = [self._new_stack() for _ in experts]
+        dtypes = {t.dtype for m in (base, *experts) for t in m.values()}
+        native = len(dtypes) == 1 and next(iter(dtypes)) in NATIVE_DTYPES
+        self.store_dtype = dtypes.pop() if native else torch.float32
+        self.eval_dtype = eval_dtype or self.store_dtype
+        sizes = [t.numel() for t in base.values()]
+        self.footprint = Footprint(
+            sum(sizes),
+            len(experts),
+            (),
+            self.store_dtype,
+            self.eval_dtype,
+            max(sizes, default=0),
+            residency,
+            self.device.type == "cuda",
+        )
+        self._hold(len(experts), None)
+        self.targets = self._new_stack(self.eval_dtype)
         for name in self.names:
             self._fill(name, base.pop(name), (e.pop(name) for e in experts))
         self._init_caches(cache_ranks, compile_kernels)
         return self
 
+    @property
+    def native(self) -> bool:
+        """Whether the experts are held as stored, their task vectors formed per tensor."""
+        return self.store_dtype != torch.float32
+
+    @property
+    def tier(self) -> Tier:
+        return self.footprint.tier
+
+    def _hold(self, n_experts: int, files: Files | None) -> None:
+        """Where the models are read into: task vectors formed in float32 in
+        shared buffers on the device (``self.deltas``, the fastest layout), or
+        the base and experts held as stored in the footprint's tier
+        (``self.holding``), task vectors formed per tensor by ``self.formed``."""
+        self.n_experts = n_experts
+        fp = self.footprint
+        self.deltas = None
+        self.holding: Holding | None = None
+        self.formed: Operands | None = None
+        if not fp.forms_task_vectors:
+            self._base = self._new_stack(self.store_dtype)
+            self.deltas = [self._new_stack(self.store_dtype) for _ in range(n_experts)]
+            return
+        if fp.tier == "disk":
+            assert files is not None, "the disk tier reads files"
+            self.holding = files
+            itemsize = max(
+                info.dtype.itemsize for ck in files.checkpoints for info in ck.tensors.values()
+            )
+        else:
+            where = self.device if fp.tier == "device" else torch.device("cpu")
+            self.holding = Stacks(fp.tier, self.slots, n_experts, self.store_dtype, where)
+            itemsize = self.store_dtype.itemsize
+        largest = max((math.prod(shape) for shape in self.slots.members), default=0)
+        self.formed = Operands(
+            self.holding,
+            n_experts + 1,
+            largest,
+            itemsize,
+            self.device,
+            merge_scratch=self.eval_dtype != torch.float32,
+        )
+
+    @property
+    def base(self) -> dict[str, torch.Tensor] | None:
+        """The held base tensors (None in the disk tier)."""
+        if self.holding is None:
+            return self._base
+        return self.holding.models[0] if isinstance(self.holding, Stacks) else None
+
+    @property
+    def experts(self) -> list[dict[str, torch.Tensor]] | None:
+        """The experts held as stored (None where task vectors are held formed, or on disk)."""
+        return self.holding.models[1:] if isinstance(self.holding, Stacks) else None
+
+    def _base_tensor(self, name: str) -> torch.Tensor:
+        return self._base[name] if self.holding is None else self.holding.base(name)
+
     def _fill(self, name: str, base: torch.Tensor, experts: Iterable[torch.Tensor]) -> None:
-        """Copy one tensor's base into its slot and each expert's task vector into
-        its own, taking the experts' tensors one at a time."""
-        b = self.base[name]
+        """Copy one tensor's base into its slot and each expert's task vector (or
+        the expert itself, as held) into its own, one expert at a time."""
+        if self.holding is not None:
+            self.holding.fill(name, base, experts)
+            return
+        b = self._base[name]
         b.copy_(base)
         for i, e in enumerate(experts):
             self.deltas[i][name].copy_(e).sub_(b)
+
+    def operands(self, name: str) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """One tensor's base and task vectors in float32 on the device: views of
+        the held buffers, or formed now in the scratch buffers, as
+        ``merge_tensor`` forms them (valid until the next tensor's)."""
+        if self.formed is None:
+            return self._base[name], [d[name] for d in self.deltas]
+        return self.formed.one(name)
+
+    def _each_operands(self) -> Iterator[tuple[str, torch.Tensor, list[torch.Tensor]]]:
+        if self.formed is None:
+            for name in self.names:
+                yield name, *self.operands(name)
+        else:
+            yield from self.formed.each(self.names)
 
     def _new_stack(self, dtype: torch.dtype = torch.float32, slot_shape=None) -> dict:
         """Per-name views of fresh shared buffers, their storages registered as stacked."""
@@ -206,21 +312,27 @@ class ResidentMerger:
         dropped, pointing it at the base, before the new buffers exist: the
         model is never held twice, even for a moment.
         """
+        seen: set[int] = set()
         for name, t in targets.items():
-            if not torch.equal(t.detach(), self.base[name]):
+            if id(t) in seen:  # tied: checked (and its storage dropped) under its first name
+                continue
+            seen.add(id(t))
+            base = self._base_tensor(name)
+            if not torch.equal(t.detach(), base.to(t.device, t.dtype)):
                 raise ModelError(
                     f"{name}: the loaded model's parameter differs from the checkpoint's "
                     "tensor (transformers converted it on load), so merges of the "
                     "checkpoints cannot be written into it; this architecture is not "
                     "supported by the resident engine"
                 )
-            t.data = self.base[name]
-        views = self._new_stack()
+            held = self.tier != "disk" and (t.dtype, t.device) == (base.dtype, base.device)
+            t.data = base if held else torch.empty(0, dtype=t.dtype, device=t.device)
+        views = self._new_stack(self.eval_dtype)
         moved: dict[int, torch.Tensor] = {}
         out = {}
         for name, t in targets.items():
             if id(t) not in moved:
-                views[name].copy_(self.base[name])
+                views[name].copy_(self._base_tensor(name))
                 t.data = views[name]
                 moved[id(t)] = t
             out[name] = moved[id(t)]
@@ -244,10 +356,10 @@ class ResidentMerger:
         self._magnitudes.clear()
         self._memo.clear()
 
-    def _packed_ranks(self, name: str, index: int) -> PackedRanks | None:
-        """Task vector ``index``'s packed row ranks, stored in the shared rank
-        buffer of its shape (so the kernels of one shape launch stacked)."""
-        delta = self.deltas[index][name]
+    def _packed_ranks(self, name: str, index: int, delta: torch.Tensor) -> PackedRanks | None:
+        """Task vector ``index``'s packed row ranks (``delta`` is that task vector),
+        stored in the shared rank buffer of its shape (so the kernels of one
+        shape launch stacked)."""
         if not packable(delta):
             return None
         if index not in self._rank_stacks:
@@ -271,19 +383,19 @@ class ResidentMerger:
         ranks = sum(r.nbytes for r in self._ranks.values() if r is not None)
         return ranks + sum(m.nbytes for m in self._magnitudes.values())
 
-    def _context(self, name: str, cfg: Candidate) -> TensorContext:
+    def _context(self, name: str, cfg: Candidate, deltas: list[torch.Tensor]) -> TensorContext:
         def ranks(index: int, per_row: bool) -> PackedRanks | None:
             if not per_row:
                 return None
             key = (name, index)
             if key not in self._ranks:
-                self._ranks[key] = self._packed_ranks(name, index)
+                self._ranks[key] = self._packed_ranks(name, index, deltas[index])
             return self._ranks[key]
 
         def magnitudes(index: int) -> MagnitudeOrder:
             key = (name, index)
             if key not in self._magnitudes:
-                self._magnitudes[key] = MagnitudeOrder(self.deltas[index][name])
+                self._magnitudes[key] = MagnitudeOrder(deltas[index])
             return self._magnitudes[key]
 
         def memo(key: Hashable, build: Callable[[], Any]) -> Any:
@@ -313,20 +425,21 @@ class ResidentMerger:
         start = time.perf_counter()
         if isinstance(candidate, MergeConfig):
             candidate = self.resolve(candidate)
-        n_experts = len(self.deltas)
+        n_experts = self.n_experts
         if candidate.n_experts != n_experts:
             raise ConfigError(
                 f"the candidate has {candidate.n_experts} experts, the resident model {n_experts}"
             )
         method = candidate.method
         pending: list[tuple[Plan, torch.Tensor]] = []
-        for name in self.names:
+        for name, base, deltas in self._each_operands():
             params = candidate.values[name]
-            ctx = self._context(name, candidate)
+            ctx = self._context(name, candidate, deltas)
             target = self.targets[name]
             out = target if target.dtype == torch.float32 and target.is_contiguous() else None
-            deltas = [d[name] for d in self.deltas]
-            plan = plan_tensor(method, self.base[name], deltas, params, ctx, out)
+            if out is None and self.formed is not None:
+                out = self.formed.out(target)
+            plan = plan_tensor(method, base, deltas, params, ctx, out)
             if self._stackable(plan):
                 pending.append((plan, target))
                 continue
@@ -344,4 +457,4 @@ class ResidentMerger:
     @torch.no_grad()
     def restore_base(self) -> None:
         for name in self.names:
-            self.targets[name].copy_(self.base[name])
+            self.targets[name].copy_(self._base_tensor(name))

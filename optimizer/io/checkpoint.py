@@ -206,14 +206,32 @@ class Checkpoint:
             return out
         info = self.tensors[name]
         out = torch.empty(info.shape, dtype=info.dtype)
+        self._read(name, out.view(-1).view(torch.uint8))
+        self._check_finite(name, out)
+        return out
+
+    def read_into(self, name: str, buffer: torch.Tensor) -> torch.Tensor:
+        """Read one tensor into the front of ``buffer`` (flat uint8, large enough):
+        a view of it in the stored dtype and shape. Unchecked: for rereading a
+        tensor that ``get`` has already read and checked."""
+        info = self.tensors[name]
+        if self._pickled is not None:
+            t = self._pickled[name]
+            out = buffer[: t.nbytes].view(t.dtype).view(t.shape)
+            return out.copy_(t)
+        nbytes = math.prod(info.shape) * info.dtype.itemsize
+        self._read(name, buffer[:nbytes])
+        return buffer[:nbytes].view(info.dtype).view(info.shape)
+
+    def _read(self, name: str, out: torch.Tensor) -> None:
+        """The stored bytes of ``name`` into the uint8 tensor ``out``."""
+        info = self.tensors[name]
         if out.numel():
-            buf = out.view(-1).view(torch.uint8).numpy()
+            buf = out.numpy()
             with info.file.open("rb") as f:
                 f.seek(info.offset)
                 if f.readinto(buf) != buf.nbytes:
                     raise ModelError(f"truncated safetensors file {info.file} (tensor {name})")
-        self._check_finite(name, out)
-        return out
 
     def _check_finite(self, name: str, t: torch.Tensor) -> None:
         """NaN or inf in an input is refused where it is read, naming where it is.

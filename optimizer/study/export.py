@@ -99,14 +99,15 @@ def export_trial(
     )
     reloaded = None
     if verify:
-        import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         from optimizer.evaluate import make_evaluator
 
         trust = study.cfg.trust_remote_code
+        # in the dtype the trial was scored in: a float32 export of a study scored
+        # in bfloat16 rounds to the very model the study scored
         model = AutoModelForCausalLM.from_pretrained(
-            out, dtype=torch.float32, use_safetensors=True, trust_remote_code=trust
+            out, dtype=study.scored_dtype(), use_safetensors=True, trust_remote_code=trust
         ).eval()
         tok = AutoTokenizer.from_pretrained(out, trust_remote_code=trust)
         evaluator = make_evaluator(

@@ -17,7 +17,7 @@ import json
 import logging
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -25,7 +25,14 @@ from optuna.trial import FrozenTrial, TrialState
 from methods.registry import CacheKind
 from optimizer.config.merge_config import MergeConfig
 from optimizer.config.study_config import StudyConfig
-from optimizer.engine.footprint import Footprint, cache_kinds, of_checkpoint
+from optimizer.engine.footprint import (
+    Footprint,
+    cache_kinds,
+    dtype_name,
+    of_models,
+    plan_residency,
+    stored_dtype,
+)
 from optimizer.errors import ConfigError
 from optimizer.evaluate import TaskObjective, make_evaluator
 from optimizer.evaluate.tasks import index_tasks, resolve_task, task_config
@@ -47,6 +54,9 @@ from optimizer.study.search_space import SearchSpace, allowed_methods
 from optimizer.study.stages import refined_space
 from optimizer.study.storage import mask_url, open_storage
 from optimizer.study.worker import start_label
+
+if TYPE_CHECKING:
+    import torch
 
 FINGERPRINT = "mergeopt:fingerprint"
 MODEL_FILES = "mergeopt:model_files"
@@ -106,7 +116,8 @@ def refuse_identical(cfg: StudyConfig, checkpoints: list[Checkpoint]) -> None:
 class Study:
     """A study file bound to its storage; everything is validated before storing anything."""
 
-    def __init__(self, cfg: StudyConfig) -> None:
+    def __init__(self, cfg: StudyConfig, connect: bool = True) -> None:
+        """``connect=False``: validated, its storage left alone (``mergeopt plan``)."""
         _optuna.quiet()
         self.cfg = cfg
         self.objectives = objectives_for(cfg)
@@ -142,6 +153,11 @@ class Study:
         self.refined = (
             refined_space(self.space, cfg.search, base.num_layers) if cfg.search.staged else None
         )
+        self.merger = None
+        # active only inside a run: a signal then stops the worker between writes
+        self.interrupts = Interrupts()
+        if not connect:
+            return
         # concurrent first connections would race to create the tables
         with study_lock(cfg.storage, "schema").held():
             self.storage = open_storage(cfg.storage)
@@ -157,9 +173,6 @@ class Study:
                 load_if_exists=True,
             )
             self._check_fingerprint()
-        self.merger = None
-        # active only inside a run: a signal then stops the worker between writes
-        self.interrupts = Interrupts()
 
     # -- identity ----------------------------------------------------------------
 
@@ -172,12 +185,16 @@ class Study:
         constraints = {"constraints": [c.text for c in cfg.constraints]} if cfg.constraints else {}
         # a staged study's trials ask for other parameters after stage one
         search = {"search": cfg.search.describe()} if cfg.search.staged else {}
+        # scores in another dtype are other numbers (absent for float32, as before it)
+        scored = dtype_name(self.scored_dtype())
+        scored = {"eval_dtype": scored} if scored != "float32" else {}
         return json.loads(
             json.dumps(
                 {
                     **pruner,
                     **constraints,
                     **search,
+                    **scored,
                     "search_space": self.space.describe(),
                     "models": [str(p.resolve()) for p in [cfg.base_model, *cfg.models]],
                     "tasks": [[t.task, t.metric, t.weight, t.heldout] for t in cfg.tasks],
@@ -200,7 +217,7 @@ class Study:
             return
         theirs = attrs[FINGERPRINT]
         if theirs != mine:
-            parts = [k for k in mine if theirs.get(k) != mine.get(k)]
+            parts = [k for k in {**mine, **theirs} if theirs.get(k) != mine.get(k)]
             raise ConfigError(
                 f"study {self.cfg.name!r} in {mask_url(self.cfg.storage)} was created with "
                 f"a different {', '.join(parts)}; its trials cannot be mixed with this "
@@ -239,6 +256,8 @@ class Study:
                 trust_remote_code=cfg.trust_remote_code,
                 compile_kernels=cfg.compile_kernels,
                 caches=self.cache_kinds(),
+                eval_dtype=self.scored_dtype(),
+                residency=cfg.residency,
             )
             for note in self.merger.notes:
                 log.warning("note: %s", note)
@@ -252,11 +271,34 @@ class Study:
     def footprint(self) -> Footprint:
         """What loading the models will hold, from their headers (read in moments)."""
         cfg = self.cfg
-        return of_checkpoint(
+        return of_models(
             Checkpoint(cfg.base_model, cfg.allow_pickle),
-            len(cfg.models),
+            [Checkpoint(p, cfg.allow_pickle) for p in cfg.models],
             self.cache_kinds() if cfg.cache_ranks else (),
+            self.scored_dtype(),
         )
+
+    def residency(self) -> tuple[Footprint, list[str]]:
+        """The tier the models will be held in and what it holds where, with
+        notes on what was left out; raises when nothing fits (before loading)."""
+        import torch
+
+        from optimizer.engine.resident import pick_device
+        from optimizer.evaluate.memory import free_bytes
+
+        device = pick_device(self.cfg.device)
+        free_host = free_bytes(torch.device("cpu"))
+        return plan_residency(
+            self.footprint(), self.cfg.residency, device, free_bytes(device), free_host
+        )
+
+    def scored_dtype(self) -> torch.dtype:
+        """The dtype candidates are scored in (``eval_dtype``; auto: the base's)."""
+        from optimizer.io.output_folder import DTYPE_NAMES
+
+        if self.cfg.eval_dtype != "auto":
+            return DTYPE_NAMES[self.cfg.eval_dtype]
+        return stored_dtype(Checkpoint(self.cfg.base_model, self.cfg.allow_pickle))
 
     def candidate(self, params: dict[str, Any]) -> dict[str, Any]:
         """The merge config (stored with the trial) that a trial's parameters describe."""

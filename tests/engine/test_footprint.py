@@ -10,7 +10,7 @@ import transformers
 
 from methods import COMPAT_MODES, METHODS
 from optimizer.config.merge_config import MergeConfig
-from optimizer.engine.footprint import Footprint, cache_kinds, keeps_caches
+from optimizer.engine.footprint import Footprint, cache_kinds, plan_residency
 from optimizer.engine.resident import ResidentMerger
 from optimizer.errors import ModelError
 from optimizer.evaluate import memory
@@ -88,8 +88,12 @@ def test_what_must_be_resident_fails_at_once_and_caches_are_dropped_with_a_note(
 
     monkeypatch.setattr(memory, "free_bytes", lambda device: resident - 1)
     monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", no_load)
-    with pytest.raises(ModelError, match=r"4 float32 models.*fewer experts"):
-        ResidentMerger(study_zoo["base"], [study_zoo["e1"], study_zoo["e2"]], "cpu")
+    with pytest.raises(
+        ModelError, match=r"3 float32 models.*scored model in float32.*fewer experts"
+    ):
+        ResidentMerger(
+            study_zoo["base"], [study_zoo["e1"], study_zoo["e2"]], "cpu", residency="device"
+        )
     monkeypatch.undo()
 
     # room for the models, not for DELLA's rank caches: trials run without them
@@ -113,13 +117,45 @@ def test_what_must_be_resident_fails_at_once_and_caches_are_dropped_with_a_note(
     assert engine.cache_bytes() == 0
 
 
+CPU = torch.device("cpu")
+
+
 def test_keeps_caches_when_both_fit():
     fp = Footprint(entries=1000, experts=3, caches=("ranks", "orders"))
     assert fp.resident == 5 * 4000 and fp.cache_bytes == 3 * 6000
-    assert keeps_caches(fp, fp.resident + fp.cache_bytes, "cpu")
-    assert not keeps_caches(fp, fp.resident + fp.cache_bytes - 1, "cpu")
-    with pytest.raises(ModelError):
-        keeps_caches(fp, fp.resident - 1, "cpu")
+    planned, notes = plan_residency(fp, "auto", CPU, fp.resident + fp.cache_bytes, 0)
+    assert planned == fp and notes == []
+    planned, notes = plan_residency(fp, "auto", CPU, fp.resident + fp.cache_bytes - 1, 0)
+    assert planned.tier == "device" and planned.caches == () and "do not fit" in notes[0]
+    with pytest.raises(ModelError, match="residency: disk"):
+        plan_residency(fp, "device", CPU, fp.resident - 1, 0)
+
+
+def test_auto_falls_back_tier_by_tier():
+    """A CUDA device too small takes the host tier, a host too small the disk
+    tier; on a CPU (one memory) auto goes from the device straight to disk."""
+    bf16 = torch.bfloat16
+    fp = Footprint(entries=10_000, experts=2, stored=bf16, scored=bf16, largest=1000)
+    gpu = torch.device("cuda")
+    device = plan_residency(fp, "auto", gpu, 10**9, 10**9)[0]
+    assert device.tier == "device" and device.resident == 4 * 2 * 10_000 + 4 * 4 * 1000
+    host, notes = plan_residency(fp, "auto", gpu, device.resident - 1, 10**9)
+    # on the GPU: the scored model, float32 scratch, two bfloat16 staging sets
+    assert host.tier == "host" and host.resident == 2 * 10_000 + 4 * 4 * 1000 + 2 * 3 * 2 * 1000
+    assert host.host == 3 * 2 * 10_000 and "tier host" in notes[0]
+    disk = plan_residency(fp, "auto", gpu, host.resident, host.host - 1)[0]
+    assert disk.tier == "disk" and disk.resident == host.resident
+    assert disk.host == 2 * 3 * 2 * 1000  # two pinned read sets
+    on_cpu = plan_residency(fp, "auto", CPU, device.resident - 1, 10**9)[0]
+    assert on_cpu.tier == "disk" and on_cpu.host == 2 * 1000  # one read buffer
+    with pytest.raises(ModelError, match="merge fewer experts"):
+        plan_residency(fp, "auto", CPU, on_cpu.resident + on_cpu.host - 1, 0)
+    # float32 checkpoints held off the device form their task vectors too
+    wide = Footprint(entries=10_000, experts=2, largest=1000)
+    assert not wide.forms_task_vectors and wide.scratch == 0
+    held = plan_residency(wide, "host", gpu, 10**9, 10**9)[0]
+    # (scored in float32: the merge is written straight into the model, no room for it)
+    assert held.forms_task_vectors and held.scratch == 3 * 4 * 1000 and held.host == 3 * 4 * 10_000
 
 
 def test_the_readmes_memory_table_is_the_planners():

@@ -423,7 +423,9 @@ def test_a_run_prints_no_third_party_progress_bars(study_zoo, tmp_path):
     printed = proc.stdout + proc.stderr
     assert "2/2 done" in proc.stdout and "exported trial" in proc.stdout
     # the memory plan, printed before loading: base, model, 2 task vectors; TIES' and DELLA's caches
-    assert "resident (4 float32 models) + " in proc.stdout, proc.stdout
+    assert "memory: tier device: " in proc.stdout, proc.stdout
+    assert "resident (3 float32 models + the scored model in float32) + " in proc.stdout
+    assert "a candidate takes at least" in proc.stdout and "measured now" in proc.stdout
     assert "of caches (ranks and orders) on cpu" in proc.stdout, proc.stdout
     assert "it/s]" not in printed and "%|" not in printed, printed  # tqdm's marks
 
