@@ -18,7 +18,9 @@ Every tier gives the same bytes; only where the inputs come from differs.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
 
 import torch
 
@@ -91,15 +93,61 @@ class Files(Holding):
         return (ck.read_into(name, b) for ck, b in zip(self.checkpoints, buffers, strict=True))
 
 
+class _InOrder:
+    """Copies on a CPU: each is done when it returns, so nothing waits."""
+
+    def on_copy_stream(self) -> contextlib.AbstractContextManager:
+        return contextlib.nullcontext()
+
+    def mark(self, copy: bool) -> None:
+        return None
+
+    def compute_waits(self, event) -> None:
+        pass
+
+    def copy_waits(self, event) -> None:
+        pass
+
+    def host_waits(self, event) -> None:
+        pass
+
+
+class _Streams(_InOrder):
+    """A CUDA copy stream beside the compute stream, ordered by events."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.copy = torch.cuda.Stream(device)
+        self.compute = torch.cuda.current_stream(device)
+
+    def on_copy_stream(self) -> contextlib.AbstractContextManager:
+        return torch.cuda.stream(self.copy)
+
+    def mark(self, copy: bool) -> torch.cuda.Event:
+        event = torch.cuda.Event()
+        event.record(self.copy if copy else self.compute)
+        return event
+
+    def compute_waits(self, event) -> None:
+        self.compute.wait_event(event)
+
+    def copy_waits(self, event) -> None:
+        self.copy.wait_event(event)
+
+    def host_waits(self, event) -> None:
+        event.synchronize()
+
+
 class Operands:
     """Each tensor's base and task vectors in float32 on the compute device,
     formed from a holding in reused buffers (valid until the next tensor's).
 
-    With a CUDA device and models off it, the next tensor's bytes are copied
-    (host tier) or read and copied (disk tier) into the other of two staging
-    sets on a copy stream while this tensor merges; the compute stream waits
-    for a set's copy before using it, and the copy stream for the compute
-    stream's last use of a set before refilling it.
+    Staged (a CUDA device with the models off it), the next tensor's bytes are
+    copied (host tier) or read and copied (disk tier) into the other of two
+    staging sets on a copy stream while this tensor merges; the compute stream
+    waits for a set's copy before using it, the copy stream for the compute
+    stream's last use of a set before refilling it, and the host for a set's
+    last copy before rereading files into its pinned buffers. On a CPU the same
+    staging runs in order (``stage=True``: how the tests check its bookkeeping).
     """
 
     def __init__(
@@ -110,34 +158,38 @@ class Operands:
         itemsize: int,
         device: torch.device,
         merge_scratch: bool,
+        stage: bool | None = None,
     ) -> None:
         """``merge_scratch``: room for the merge too (a scored model not in
-        float32 gets the float32 merge rounded into it)."""
+        float32 gets the float32 merge rounded into it); ``stage``: None,
+        staged exactly when the device is CUDA and the models are off it."""
         self.holding = holding
         self.device = device
         # base, each task vector, the merge
         rooms = n_models + merge_scratch
         self.scratch = [torch.empty(largest, device=device) for _ in range(rooms)]
         self.merge_scratch = merge_scratch
-        self.cuda = device.type == "cuda" and holding.tier != "device"
-        sets = 2 if self.cuda else 1
+        cuda = device.type == "cuda"
+        self.staged = (cuda and holding.tier != "device") if stage is None else stage
+        sets = 2 if self.staged else 1
         nbytes = largest * itemsize
-        # a CPU reads the models one after another into one buffer; a GPU's
-        # asynchronous copies need one per model, in two sets
-        per_set = n_models if self.cuda else 1
+        # read in order, the models share one buffer; staged, each has its own
+        # in each set (the copies from them run while the next reads start)
+        per_set = n_models if self.staged else 1
+        pin = cuda and self.staged
         self.reads = [
             [
-                torch.empty(nbytes, dtype=torch.uint8, pin_memory=self.cuda)
+                torch.empty(nbytes, dtype=torch.uint8, pin_memory=pin)
                 for _ in range(per_set if holding.tier == "disk" else 0)
             ]
             for _ in range(sets)
         ]
-        if self.cuda:
+        if self.staged:
             self.staging = [
                 [torch.empty(nbytes, dtype=torch.uint8, device=device) for _ in range(n_models)]
                 for _ in range(sets)
             ]
-            self.copy_stream = torch.cuda.Stream(device)
+            self.sync = _Streams(device) if cuda else _InOrder()
 
     def view(self, k: int, like: torch.Tensor) -> torch.Tensor:
         return self.scratch[k][: like.numel()].view(like.shape)
@@ -162,39 +214,37 @@ class Operands:
         return self._form(s.to(self.device) for s in srcs)
 
     def each(self, names: Sequence[str]) -> Iterator[tuple[str, torch.Tensor, list[torch.Tensor]]]:
-        """Every tensor's operands in turn, the next one's copy overlapping."""
-        if not self.cuda:
+        """Every tensor's operands in turn (staged: the next one's copy overlapping)."""
+        if not self.staged:
             for name in names:
                 yield (name, *self._form(self.holding.sources(name, self.reads[0])))
             return
-        compute = torch.cuda.current_stream(self.device)
-        copied: list[torch.cuda.Event | None] = [None, None]
-        used: list[torch.cuda.Event | None] = [None, None]
+        sync = self.sync
+        copied: list[Any] = [None, None]  # per set: its last copy's event
+        used: list[Any] = [None, None]  # per set: the compute stream's last read of it
 
         def stage(i: int) -> list[torch.Tensor]:
             k = i % 2
             if copied[k] is not None:
-                copied[k].synchronize()  # its host buffers are about to be refilled
+                sync.host_waits(copied[k])  # its pinned read buffers are refilled next
             srcs = self.holding.sources(names[i], self.reads[k])
             out = []
-            with torch.cuda.stream(self.copy_stream):
+            with sync.on_copy_stream():
                 if used[k] is not None:
-                    self.copy_stream.wait_event(used[k])
+                    sync.copy_waits(used[k])
                 for src, buf in zip(srcs, self.staging[k], strict=True):
                     dst = buf[: src.nbytes].view(src.dtype).view(src.shape)
                     out.append(dst.copy_(src, non_blocking=True))
-                copied[k] = torch.cuda.Event()
-                copied[k].record(self.copy_stream)
+                copied[k] = sync.mark(copy=True)
             return out
 
         staged = stage(0) if names else []
         for i, name in enumerate(names):
             k = i % 2
-            compute.wait_event(copied[k])
+            sync.compute_waits(copied[k])
             current = staged
             if i + 1 < len(names):
                 staged = stage(i + 1)
             base, deltas = self._form(current)
-            used[k] = torch.cuda.Event()
-            used[k].record(compute)  # the set is read into scratch: free to refill
+            used[k] = sync.mark(copy=False)  # read into scratch: the set may be refilled
             yield name, base, deltas

@@ -246,14 +246,20 @@ class ResidentMerger:
             where = self.device if fp.tier == "device" else torch.device("cpu")
             self.holding = Stacks(fp.tier, self.slots, n_experts, self.store_dtype, where)
             itemsize = self.store_dtype.itemsize
+        self._itemsize = itemsize
+        self.formed = self._operands()
+
+    def _operands(self, stage: bool | None = None) -> Operands:
+        """Scratch (and, staged, staging) for forming each tensor's operands."""
         largest = max((math.prod(shape) for shape in self.slots.members), default=0)
-        self.formed = Operands(
+        return Operands(
             self.holding,
-            n_experts + 1,
+            self.n_experts + 1,
             largest,
-            itemsize,
+            self._itemsize,
             self.device,
             merge_scratch=self.eval_dtype != torch.float32,
+            stage=stage,
         )
 
     @property
