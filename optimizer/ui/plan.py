@@ -28,22 +28,21 @@ class Bandwidths:
     device: float  # within the compute device's memory
     link: float  # host to device (a host copy on a CPU)
     read: float  # the base's largest file into memory
+    cuda: bool = False
 
     @classmethod
     def measure(cls, device: torch.device, base: Checkpoint) -> Bandwidths:
         largest = max({info.file for info in base.tensors.values()}, key=lambda f: f.stat().st_size)
         within = device_bandwidth(device)
         link = host_to_device_bandwidth(device) if device.type == "cuda" else within
-        return cls(within, link, file_read_bandwidth(largest))
+        return cls(within, link, file_read_bandwidth(largest), device.type == "cuda")
 
     def floor(self, fp: Footprint) -> float:
         return floor_seconds(fp, self.device, self.link, self.read)
 
     def describe(self) -> str:
-        return (
-            f"device {self.device / 1e9:.1f} GB/s, host link {self.link / 1e9:.1f} GB/s, "
-            f"files {self.read / 1e9:.1f} GB/s, measured now"
-        )
+        link = f"host link {self.link / 1e9:.1f} GB/s, " if self.cuda else ""
+        return f"memory {self.device / 1e9:.1f} GB/s, {link}files {self.read / 1e9:.1f} GB/s, measured now"
 
 
 def plan_line(fp: Footprint, device: torch.device, free: int, bw: Bandwidths) -> str:
