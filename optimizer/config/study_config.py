@@ -71,7 +71,13 @@ STUDY_KEYS = (
     Key("n_trials", ("int",), REQUIRED, "completed trials for the whole study", at_least(1)),
     Key("timeout", ("number",), None, "seconds after which this worker starts no trial", positive),
     Key("device", ("str",), "auto", "auto | cpu | cuda | cuda:N", _device),
-    Key("dtype", ("str",), "float32", "dtype of exported merges", one_of(tuple(DTYPE_NAMES))),
+    Key(
+        "dtype",
+        ("str",),
+        "auto",
+        "dtype of exported merges: auto (eval_dtype's: the bytes that were scored) or a dtype",
+        one_of(("auto", *DTYPE_NAMES)),
+    ),
     Key(
         "eval_dtype",
         ("str",),

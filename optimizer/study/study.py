@@ -237,7 +237,7 @@ class Study:
 
         out = self.cfg.export
         check_output(out, force=True)
-        dtype = DTYPE_NAMES.get(self.cfg.dtype) if self.cfg.dtype else None
+        dtype = DTYPE_NAMES[self.export_dtype()]
         check_free_space(out, output_bytes(output_specs(Checkpoint(self.cfg.base_model), dtype)))
 
     # -- the engine ----------------------------------------------------------------
@@ -292,6 +292,13 @@ class Study:
             self.footprint(), self.cfg.residency, device, free_bytes(device), free_host
         )
 
+    def export_dtype(self) -> str:
+        """The dtype name merges are exported in (``dtype``; auto: the dtype
+        candidates are scored in, so the export is the very bytes that were
+        scored: float32 for float32 checkpoints, as before, bfloat16 for
+        bfloat16 ones unless ``eval_dtype`` says otherwise)."""
+        return self.cfg.dtype if self.cfg.dtype != "auto" else dtype_name(self.scored_dtype())
+
     def scored_dtype(self) -> torch.dtype:
         """The dtype candidates are scored in (``eval_dtype``; auto: the base's)."""
         from optimizer.io.output_folder import DTYPE_NAMES
@@ -312,7 +319,7 @@ class Study:
             [str(p.resolve()) for p in cfg.models],
             cfg.compat,
             cfg.seed,
-            cfg.dtype,
+            self.export_dtype(),
         )
 
     # -- running -------------------------------------------------------------------

@@ -157,8 +157,8 @@ def test_a_study_of_bfloat16_models_scores_in_bfloat16_and_keeps_to_it(
     assert study.run().completed == 2
     assert next(study.merger.model.parameters()).dtype == torch.bfloat16
     assert study.study.user_attrs["mergeopt:fingerprint"]["eval_dtype"] == "bfloat16"
-    # the export (float32, the default dtype) is checked in bfloat16, where it
-    # rounds to the very model the trial was scored on
+    # the export (dtype auto: bfloat16, the base's) is checked in bfloat16: the
+    # very bytes the trial was scored on
     loads = []
     load = transformers.AutoModelForCausalLM.from_pretrained
 
@@ -174,8 +174,8 @@ def test_a_study_of_bfloat16_models_scores_in_bfloat16_and_keeps_to_it(
         MergeConfig.from_dict(study.study.trials[best.trial].user_attrs["config"])
     )
     for name, t in study.merger.targets.items():
-        assert exported[name].dtype == torch.float32
-        assert torch.equal(exported[name].to(torch.bfloat16), t), name
+        assert exported[name].dtype == torch.bfloat16
+        assert torch.equal(exported[name], t), name
     # scores in float32 are other numbers: not mixed into this study
     write_study(tmp_path, bf16_zoo, n_trials=2, eval_dtype="float32")
     with pytest.raises(ConfigError, match="different eval_dtype"):
