@@ -4,6 +4,8 @@ Almost every public fine-tune is stored in bfloat16. The engine keeps such a
 base and its experts in bfloat16 and forms each task vector in float32 per
 tensor inside the candidate's pass, as the one-shot merge does; the scored
 model is held in the base's dtype unless ``eval_dtype`` says otherwise.
+(That every method merges the one-shot merge's bytes from bfloat16 checkpoints
+is tests/engine/test_resident.py's test, run for both stored dtypes.)
 """
 
 from __future__ import annotations
@@ -12,46 +14,17 @@ import pytest
 import torch
 from conftest import write_study
 from safetensors.torch import load_file
+from test_resident import config
 
-from methods import METHODS
 from optimizer.config.merge_config import MergeConfig
 from optimizer.engine.footprint import Footprint, of_models, resident_dtype, stored_dtype
-from optimizer.engine.merge import run_merge
 from optimizer.engine.resident import ResidentMerger
 from optimizer.io.checkpoint import Checkpoint
-
-PARAMS = {
-    "ties": {"density": 0.4},
-    "dare_ties": {"density": 0.6},
-    "dare_linear": {"density": 0.6},
-    "breadcrumbs": {"beta": 0.1, "gamma": 0.05},
-    "breadcrumbs_ties": {"density": 0.8, "gamma": 0.05},
-    "della": {"density": 0.6, "epsilon": 0.1},
-    "della_linear": {"density": 0.6, "epsilon": 0.1},
-}
 
 
 @pytest.fixture(scope="module")
 def merger(bf16_zoo):
     return ResidentMerger(bf16_zoo["base"], [bf16_zoo["e1"], bf16_zoo["e2"]], "cpu")
-
-
-def config(zoo, method: str, compat: str) -> dict:
-    cfg = {
-        "merge_method": method,
-        "base_model": str(zoo["base"]),
-        "models": [
-            {"model": str(zoo["e1"]), "parameters": {"weight": 0.7}},
-            {"model": str(zoo["e2"]), "parameters": {"weight": 0.4}},
-        ],
-        "compat": compat,
-        "seed": 5,
-    }
-    if "weight" not in METHODS[method].param_names:
-        cfg["models"] = [{"model": m["model"]} for m in cfg["models"]]
-    if PARAMS.get(method):
-        cfg["parameters"] = PARAMS[method]
-    return cfg
 
 
 def test_bfloat16_models_are_held_as_stored(merger, bf16_zoo):
@@ -74,28 +47,6 @@ def test_bfloat16_models_are_held_as_stored(merger, bf16_zoo):
     }
     scratch = sum(t.untyped_storage().nbytes() for t in merger.formed.scratch)
     assert sum(held.values()) + scratch == fp.resident
-
-
-@pytest.mark.parametrize("compat", ["paper", "mergekit"])
-@pytest.mark.parametrize("method", sorted(set(METHODS) - {"slerp"}))
-def test_bfloat16_resident_equals_one_shot(method, compat, merger, bf16_zoo, tmp_path):
-    cfg = config(bf16_zoo, method, compat)
-    # twice: the second pass uses the caches the first one filled
-    for _ in range(2):
-        merger.materialize(MergeConfig.from_dict(cfg))
-        resident = {n: t.detach().clone() for n, t in merger.targets.items()}
-    out = tmp_path / "o"
-    run_merge(MergeConfig.from_dict(cfg), out)
-    disk = load_file(out / "model.safetensors")
-    assert set(disk) == set(resident)
-    base = load_file(bf16_zoo["base"] / "model.safetensors")
-    changed = 0
-    for name, t in disk.items():
-        assert t.dtype == torch.bfloat16 and torch.equal(t, resident[name]), name
-        changed += not torch.equal(t, base[name])
-    assert changed  # a merge, not the base written back
-    merger.restore_base()
-    assert all(torch.equal(base[n], t) for n, t in merger.targets.items())
 
 
 def test_the_held_task_vectors_are_the_float32_differences(merger, bf16_zoo):

@@ -28,15 +28,14 @@ def merger(study_zoo):
     return ResidentMerger(study_zoo["base"], [study_zoo["e1"], study_zoo["e2"]], "cpu")
 
 
-@pytest.mark.parametrize("compat", ["paper", "mergekit"])
-@pytest.mark.parametrize("method", sorted(set(METHODS) - {"slerp"}))
-def test_resident_equals_one_shot(method, compat, merger, study_zoo, tmp_path):
+def config(zoo, method: str, compat: str) -> dict:
+    """A merge of the zoo's two experts by ``method`` at the parameters above."""
     cfg = {
         "merge_method": method,
-        "base_model": str(study_zoo["base"]),
+        "base_model": str(zoo["base"]),
         "models": [
-            {"model": str(study_zoo["e1"]), "parameters": {"weight": 0.7}},
-            {"model": str(study_zoo["e2"]), "parameters": {"weight": 0.4}},
+            {"model": str(zoo["e1"]), "parameters": {"weight": 0.7}},
+            {"model": str(zoo["e2"]), "parameters": {"weight": 0.4}},
         ],
         "compat": compat,
         "seed": 5,
@@ -45,7 +44,23 @@ def test_resident_equals_one_shot(method, compat, merger, study_zoo, tmp_path):
         cfg["models"] = [{"model": m["model"]} for m in cfg["models"]]
     if PARAMS.get(method):
         cfg["parameters"] = PARAMS[method]
-    # twice: the second pass uses the rank cache the first one filled
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def bf16_merger(bf16_zoo):
+    """Checkpoints stored in bfloat16: held as stored, task vectors formed per tensor."""
+    return ResidentMerger(bf16_zoo["base"], [bf16_zoo["e1"], bf16_zoo["e2"]], "cpu")
+
+
+@pytest.mark.parametrize("compat", ["paper", "mergekit"])
+@pytest.mark.parametrize("method", sorted(set(METHODS) - {"slerp"}))
+@pytest.mark.parametrize("stored", ["float32", "bfloat16"])
+def test_resident_equals_one_shot(method, compat, stored, request, tmp_path):
+    zoo = request.getfixturevalue("study_zoo" if stored == "float32" else "bf16_zoo")
+    merger = request.getfixturevalue("merger" if stored == "float32" else "bf16_merger")
+    cfg = config(zoo, method, compat)
+    # twice: the second pass uses the caches the first one filled
     for _ in range(2):
         merger.materialize(MergeConfig.from_dict(cfg))
         resident = {n: t.detach().clone() for n, t in merger.targets.items()}
@@ -53,10 +68,13 @@ def test_resident_equals_one_shot(method, compat, merger, study_zoo, tmp_path):
     run_merge(MergeConfig.from_dict(cfg), out)
     disk = load_file(out / "model.safetensors")
     assert set(disk) == set(resident)
+    base = load_file(zoo["base"] / "model.safetensors")
+    changed = 0
     for name, t in disk.items():
-        assert torch.equal(t, resident[name]), name
+        assert t.dtype == base[name].dtype and torch.equal(t, resident[name]), name
+        changed += not torch.equal(t, base[name])
+    assert changed  # a merge, not the base written back
     merger.restore_base()
-    base = load_file(study_zoo["base"] / "model.safetensors")
     assert all(torch.equal(base[n], t) for n, t in merger.targets.items())
 
 

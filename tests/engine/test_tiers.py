@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_native_dtype import PARAMS
+from test_resident import config as merge_config
 
 from methods import COMPAT_MODES, METHODS
 from optimizer.config.merge_config import MergeConfig
@@ -35,20 +35,7 @@ def engines(request) -> dict[tuple[str, str], ResidentMerger]:
 
 
 def config(zoo, method: str, compat: str) -> MergeConfig:
-    models = [
-        {"model": str(zoo[e]), "parameters": {"weight": w}} for e, w in (("e1", 0.7), ("e2", 0.4))
-    ]
-    if "weight" not in METHODS[method].param_names:
-        models = [{"model": m["model"]} for m in models]
-    cfg = {
-        "merge_method": method,
-        "base_model": str(zoo["base"]),
-        "models": models,
-        "compat": compat,
-        "seed": 3,
-        "parameters": PARAMS.get(method, {}),
-    }
-    return MergeConfig.from_dict(cfg)
+    return MergeConfig.from_dict(merge_config(zoo, method, compat))
 
 
 def test_each_tier_holds_what_it_says(engines):
