@@ -16,6 +16,9 @@ disk, no re-instantiation, no temporaries. Memory: (experts + 1) stored
 models and the scored one (``eval_dtype``, default the base's dtype), plus
 0.5 (ranks) and 1 (order) per expert for the caches once used
 (``cache_ranks: false`` trades them for a selection or sort per trial).
+Where the stored models wait is the residency tier (``optimizer.engine.
+holding``): on the device, in host memory, or in their files, reread per
+candidate; ``optimizer.engine.footprint`` picks it from free memory.
 
 Tensors of one shape (a layer's q_proj in every layer, ...) live side by
 side in one buffer: base, each task vector, the rank cache and the model's
