@@ -40,19 +40,23 @@ def stored_dtype(checkpoint: Checkpoint) -> torch.dtype:
     return max(entries, key=entries.get) if entries else torch.float32
 
 
+def held_dtype(dtypes: Iterable[torch.dtype]) -> torch.dtype:
+    """The dtype the engine holds the base and the experts in, given the dtypes
+    their floating-point tensors are stored in: the one they all share when it
+    is a 16-bit float (task vectors are then formed in float32 per tensor, as
+    the one-shot merge forms them), else float32 with each task vector held
+    already formed (today's layout, the same bytes)."""
+    found = set(dtypes)
+    return found.pop() if len(found) == 1 and next(iter(found)) in NATIVE_DTYPES else torch.float32
+
+
 def resident_dtype(checkpoints: Iterable[Checkpoint]) -> torch.dtype:
-    """The dtype the engine holds the base and the experts in: the one they are
-    all stored in when it is a 16-bit float (task vectors are then formed in
-    float32 per tensor, as the one-shot merge forms them), else float32 with
-    each task vector held already formed (today's layout, the same bytes)."""
-    dtypes = {
+    """``held_dtype`` of these checkpoints, from their headers."""
+    return held_dtype(
         info.dtype
         for ck in checkpoints
         for info in ck.tensors.values()
         if info.dtype.is_floating_point
-    }
-    return (
-        dtypes.pop() if len(dtypes) == 1 and next(iter(dtypes)) in NATIVE_DTYPES else torch.float32
     )
 
 
@@ -127,11 +131,6 @@ class Footprint:
     @property
     def cache_bytes(self) -> int:
         return sum(CACHE_BYTES[k] for k in self.caches) * self.experts * self.entries
-
-    @property
-    def read_per_candidate(self) -> int:
-        """Bytes a candidate brings to the device from the host or the files."""
-        return 0 if self.tier == "device" else self.held
 
     def describe(self) -> str:
         models = f"{self.experts + 1} {dtype_name(self.stored)} models"

@@ -54,9 +54,9 @@ from optimizer.engine.apply import launch_plans, plan_tensor
 from optimizer.engine.candidate import Candidate
 from optimizer.engine.footprint import (
     CACHE_BYTES,
-    NATIVE_DTYPES,
     Footprint,
     Tier,
+    held_dtype,
     of_models,
     plan_residency,
 )
@@ -194,9 +194,7 @@ class ResidentMerger:
         self.sites = {n: TensorSite.of(n, num_layers) for n in self.names}
         self.slots = ShapeSlots({n: tuple(t.shape) for n, t in base.items()})
         self._stacked: set[int] = set()
-        dtypes = {t.dtype for m in (base, *experts) for t in m.values()}
-        native = len(dtypes) == 1 and next(iter(dtypes)) in NATIVE_DTYPES
-        self.store_dtype = dtypes.pop() if native else torch.float32
+        self.store_dtype = held_dtype(t.dtype for m in (base, *experts) for t in m.values())
         self.eval_dtype = eval_dtype or self.store_dtype
         sizes = [t.numel() for t in base.values()]
         self.footprint = Footprint(
