@@ -151,7 +151,7 @@ PRUNER_KEYS = (
         "p_threshold",
         ("number",),
         None,
-        "wilcoxon: prune below this p-value (default 0.1)",
+        f"wilcoxon: prune below this p-value (default {PrunerSpec.p_threshold})",
         _probability,
     ),
     Key(
@@ -165,7 +165,7 @@ PRUNER_KEYS = (
         "reduction_factor",
         ("int",),
         None,
-        "hyperband: 1 in this many goes on (default 3)",
+        f"hyperband: 1 in this many goes on (default {PrunerSpec.reduction_factor})",
         at_least(2),
     ),
 )

@@ -48,7 +48,7 @@ class PrunerSpec:
 
     name: str = "none"
     chunk: int = 32  # items scored between two pruning decisions
-    p_threshold: float = 0.1  # wilcoxon: prune when the paired test's p-value is below
+    p_threshold: float = 0.2  # wilcoxon: prune when the paired test's p-value is below
     min_items: int | None = None  # hyperband: the first rung (default: one chunk)
     reduction_factor: int = 3  # hyperband: 1 in this many trials goes on at each rung
 
