@@ -108,7 +108,9 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--items", type=int, default=6000, help="items each run scores")
     ap.add_argument("--chunk", type=int, default=32, help="items per pruning decision")
-    ap.add_argument("--p-threshold", type=float, default=None, help="wilcoxon's (default: the study file's)")
+    ap.add_argument(
+        "--p-threshold", type=float, default=None, help="wilcoxon's (default: the study file's)"
+    )
     ap.add_argument("--pruners", nargs="+", default=["none", "wilcoxon"])
     ap.add_argument("--backend", default="fast", help="the evaluator backend: fast or hf")
     ap.add_argument("--limit", type=int, default=None, help="items per task (default: all)")
