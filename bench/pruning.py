@@ -12,7 +12,7 @@ per hour, the best search score and that trial's held-out score; then the
 means over seeds and the trials-per-hour ratio.
 
     python bench/pruning.py [--seeds 0 1 2] [--items 6000] [--pruners none wilcoxon]
-                            [--chunk 32] [--p-threshold 0.2] [--limit N] [--methods ...]
+                            [--chunk 32] [--p-threshold 0.2] [--spending pocock] [--limit N] [--methods ...]
                             [--backend fast|hf] [--family knowledge|skills]
 
 Every method's caches are built before the clock starts (the first TIES
@@ -111,6 +111,7 @@ def main() -> None:
     ap.add_argument(
         "--p-threshold", type=float, default=None, help="wilcoxon's (default: the study file's)"
     )
+    ap.add_argument("--spending", default=None, help="wilcoxon's: none or pocock")
     ap.add_argument("--pruners", nargs="+", default=["none", "wilcoxon"])
     ap.add_argument("--backend", default="fast", help="the evaluator backend: fast or hf")
     ap.add_argument("--limit", type=int, default=None, help="items per task (default: all)")
@@ -131,6 +132,8 @@ def main() -> None:
                 spec = {"name": pruner, "chunk": args.chunk}
                 if pruner == "wilcoxon" and args.p_threshold is not None:
                     spec["p_threshold"] = args.p_threshold
+                if pruner == "wilcoxon" and args.spending is not None:
+                    spec["spending"] = args.spending
                 r = run_arm(Path(tmp), spec, seed, args.items, args)
                 rows.append(r)
                 print(

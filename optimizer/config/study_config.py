@@ -21,7 +21,7 @@ from optimizer.evaluate import BACKENDS
 from optimizer.io.output_folder import DTYPE_NAMES
 from optimizer.study.constraints import Constraint
 from optimizer.study.constraints import parse as parse_constraints
-from optimizer.study.pruning import PRUNERS, PrunerSpec
+from optimizer.study.pruning import PRUNERS, SPENDING, PrunerSpec
 from optimizer.study.samplers import SAMPLERS
 from optimizer.study.stages import STRATEGIES, SearchSpec
 
@@ -155,6 +155,13 @@ PRUNER_KEYS = (
         _probability,
     ),
     Key(
+        "spending",
+        ("str",),
+        None,
+        "wilcoxon: none (p_threshold at each look) or pocock (spent over the looks)",
+        one_of(SPENDING),
+    ),
+    Key(
         "min_items",
         ("int",),
         None,
@@ -172,6 +179,7 @@ PRUNER_KEYS = (
 # the pruner each of those keys belongs to
 PRUNER_OWN_KEYS = {
     "p_threshold": "wilcoxon",
+    "spending": "wilcoxon",
     "min_items": "hyperband",
     "reduction_factor": "hyperband",
 }
@@ -420,7 +428,8 @@ def _pruner(raw: Any, where: str) -> PrunerSpec:
             raise ConfigError(
                 f"{where}: {key} applies to the {owner} pruner, not {section['name']!r}"
             )
-    given = {k: v for k, v in section.items() if v is not None}
+    # spending: none is the default spelled out: the same study, the same fingerprint
+    given = {k: v for k, v in section.items() if v is not None and (k, v) != ("spending", "none")}
     return PrunerSpec(**given)
 
 

@@ -36,6 +36,8 @@ from optuna.trial import FrozenTrial, TrialState
 from optimizer.evaluate.base import Evaluator, Item, TaskObjective
 
 PRUNERS = ("none", "wilcoxon", "hyperband")
+# wilcoxon: how p_threshold is used at each look (see ``look_threshold``)
+SPENDING = ("none", "pocock")
 # user attribute of a pruned trial: {"items": items scored, "of": all items}
 PRUNED = "pruned"
 # user attribute of a trial whose merge config equals a completed trial's: its number
@@ -49,6 +51,7 @@ class PrunerSpec:
     name: str = "none"
     chunk: int = 32  # items scored between two pruning decisions
     p_threshold: float = 0.2  # wilcoxon: prune when the paired test's p-value is below
+    spending: str | None = None  # wilcoxon: "pocock" spends p_threshold over the looks
     min_items: int | None = None  # hyperband: the first rung (default: one chunk)
     reduction_factor: int = 3  # hyperband: 1 in this many trials goes on at each rung
 
@@ -62,6 +65,8 @@ class PrunerSpec:
 
 def make_pruner(spec: PrunerSpec, n_items: int) -> optuna.pruners.BasePruner:
     if spec.name == "wilcoxon":
+        if spec.spending == "pocock":
+            return AgainstBestWhole(SpentWilcoxon(spec.p_threshold, n_items, spec.chunk))
         return AgainstBestWhole(optuna.pruners.WilcoxonPruner(p_threshold=spec.p_threshold))
     if spec.name == "hyperband":
         return optuna.pruners.HyperbandPruner(
@@ -70,6 +75,46 @@ def make_pruner(spec: PrunerSpec, n_items: int) -> optuna.pruners.BasePruner:
             reduction_factor=spec.reduction_factor,
         )
     return optuna.pruners.NopPruner()
+
+
+def pocock_spent(alpha: float, fraction: float) -> float:
+    """Lan and DeMets' Pocock-type spending function: the share of ``alpha``
+    spent once ``fraction`` of the items are seen (all of it at 1)."""
+    return alpha * math.log(1 + (math.e - 1) * min(max(fraction, 0.0), 1.0))
+
+
+def look_threshold(alpha: float, seen: int, n_items: int, chunk: int) -> float:
+    """The p-value below which the look after ``seen`` items prunes: what the
+    spending function adds between the previous look and this one."""
+    before = chunk * ((seen - 1) // chunk)
+    return pocock_spent(alpha, seen / n_items) - pocock_spent(alpha, before / n_items)
+
+
+class SpentWilcoxon(optuna.pruners.BasePruner):
+    """Wilcoxon's test with ``p_threshold`` spent over the looks, not used at each.
+
+    A trial is tested once per chunk. At a fixed threshold p, a candidate as
+    good as the best may be pruned at any of the looks, so over fifteen looks
+    it is pruned far more often than p (about 0.3 at p 0.2 in the tests'
+    simulation): the search keeps the merges it already had and loses the
+    ones only slightly better, which on a study whose merges differ by a few
+    items are the ones that matter.
+    Spread over the looks (each look's threshold is what the spending
+    function adds since the previous one, so the thresholds sum to
+    ``alpha``), such a candidate is pruned with probability at most ``alpha``
+    in all, while a plainly worse one still stops at its first looks, where
+    its p-value is far below any of them. This is group-sequential testing
+    (Lan and DeMets, 1983) with Bonferroni's bound across looks."""
+
+    def __init__(self, alpha: float, n_items: int, chunk: int) -> None:
+        self.alpha, self.n_items, self.chunk = alpha, n_items, chunk
+
+    def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
+        seen = len(trial.intermediate_values)
+        if seen == 0:
+            return False
+        p = look_threshold(self.alpha, seen, self.n_items, self.chunk)
+        return optuna.pruners.WilcoxonPruner(p_threshold=p).prune(study, trial)
 
 
 class _BestIs:

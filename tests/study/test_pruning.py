@@ -276,6 +276,8 @@ def test_a_reused_merge_takes_its_twins_scores_and_is_never_the_reference(
         ("wilcox", "Did you mean 'wilcoxon'"),
         ({"name": "wilcoxon", "reduction_factor": 3}, "applies to the hyperband pruner"),
         ({"name": "hyperband", "p_threshold": 0.05}, "applies to the wilcoxon pruner"),
+        ({"name": "hyperband", "spending": "pocock"}, "applies to the wilcoxon pruner"),
+        ({"name": "wilcoxon", "spending": "pokock"}, "Did you mean 'pocock'"),
         ({"name": "wilcoxon", "p_threshold": 1.5}, "between 0 and 1"),
         ({"name": "wilcoxon", "chunk": 0}, "chunk must be >= 1"),
         ({"name": "hyperband", "reduction_factor": 1}, "reduction_factor must be >= 2"),
@@ -354,3 +356,72 @@ def test_wilcoxon_compares_with_the_best_trial_scored_whole():
     assert best_whole(ours).number == 0
     assert prunes(ours)
     assert not prunes(study_with(optuna.pruners.WilcoxonPruner()))
+
+
+def test_pocock_spending_golden_thresholds():
+    """alpha * ln(1 + (e - 1) t) at t = 16/40, 32/40, 40/40, as increments:
+    the looks' thresholds sum to alpha, the first is the largest share."""
+    from optimizer.study.pruning import look_threshold
+
+    looks = [look_threshold(0.2, seen, 40, 16) for seen in (16, 32, 40)]
+    assert looks[0] == pytest.approx(0.2 * math.log(1 + (math.e - 1) * 0.4))
+    assert looks[1] == pytest.approx(
+        0.2 * (math.log(1 + (math.e - 1) * 0.8) - math.log(1 + (math.e - 1) * 0.4))
+    )
+    assert sum(looks) == pytest.approx(0.2)
+    assert looks[0] > looks[1] > looks[2] > 0
+    # a look part way through a chunk (a retried report) is that chunk's look
+    assert look_threshold(0.2, 20, 40, 16) < looks[1]
+
+
+def _prunes_at(pruner, best_values, values, chunk) -> int | None:
+    """Where ``pruner`` stops a trial reporting ``values`` against a best whole
+    trial that reported ``best_values``, looking after each chunk (None: never)."""
+    import optuna
+    from optuna.trial import create_trial
+
+    from optimizer.study.pruning import _BestIs
+
+    study = optuna.create_study(direction="maximize")
+    best = create_trial(value=0.0, intermediate_values=dict(enumerate(best_values)))
+    for seen in range(chunk, len(values), chunk):
+        trial = create_trial(
+            state=TrialState.RUNNING, intermediate_values=dict(enumerate(values[:seen]))
+        )
+        if pruner.prune(_BestIs(study, best), trial):
+            return seen
+    return None
+
+
+def test_pocock_spending_keeps_candidates_as_good_as_the_best():
+    """Candidates drawn like the best (paired noise around its item values):
+    at p 0.2 at every one of 15 looks over a quarter are pruned, with the 0.2
+    spent over the looks under half as many. A plainly worse candidate is
+    still pruned at the first look either way."""
+    import optuna
+
+    from optimizer.study.pruning import SpentWilcoxon
+
+    n, chunk, alpha = 240, 16, 0.2
+    rng = random.Random(0)
+    best = [rng.random() for _ in range(n)]
+    each = optuna.pruners.WilcoxonPruner(p_threshold=alpha)
+    spent = SpentWilcoxon(alpha, n, chunk)
+    equal = [[v + rng.gauss(0, 0.05) for v in best] for _ in range(60)]
+    pruned_each = sum(_prunes_at(each, best, c, chunk) is not None for c in equal)
+    pruned_spent = sum(_prunes_at(spent, best, c, chunk) is not None for c in equal)
+    assert pruned_each >= 14, pruned_each  # 17 of 60
+    assert pruned_spent <= pruned_each / 2, (pruned_spent, pruned_each)  # 7
+    worse = [v - 0.1 + rng.gauss(0, 0.05) for v in best]
+    assert _prunes_at(spent, best, worse, chunk) == chunk
+    assert _prunes_at(each, best, worse, chunk) == chunk
+
+
+def test_spending_none_is_the_default_spelled_out(study_zoo, tmp_path):
+    """Same study, same fingerprint: ``spending: none`` resumes a study made
+    without it; ``pocock`` is another pruner and is refused, naming it."""
+    open_study(pruning_study(tmp_path, study_zoo, "wilcoxon"))
+    open_study(pruning_study(tmp_path, study_zoo, {"name": "wilcoxon", "spending": "none"}))
+    path = pruning_study(tmp_path, study_zoo, {"name": "wilcoxon", "spending": "pocock"})
+    with pytest.raises(ConfigError, match="created with a different pruner"):
+        open_study(path)
