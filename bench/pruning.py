@@ -12,7 +12,8 @@ per hour, the best search score and that trial's held-out score; then the
 means over seeds and the trials-per-hour ratio.
 
     python bench/pruning.py [--seeds 0 1 2] [--items 6000] [--pruners none wilcoxon]
-                            [--chunk 32] [--p-threshold 0.2] [--spending pocock] [--limit N] [--methods ...]
+                            [--chunk 32] [--p-threshold 0.2] [--spending pocock]
+                            [--pruned-value paired] [--limit N] [--methods ...]
                             [--backend fast|hf] [--family knowledge|skills]
 
 Every method's caches are built before the clock starts (the first TIES
@@ -112,6 +113,7 @@ def main() -> None:
         "--p-threshold", type=float, default=None, help="wilcoxon's (default: the study file's)"
     )
     ap.add_argument("--spending", default=None, help="wilcoxon's: none or pocock")
+    ap.add_argument("--pruned-value", default=None, help="wilcoxon's: partial or paired")
     ap.add_argument("--pruners", nargs="+", default=["none", "wilcoxon"])
     ap.add_argument("--backend", default="fast", help="the evaluator backend: fast or hf")
     ap.add_argument("--limit", type=int, default=None, help="items per task (default: all)")
@@ -134,6 +136,8 @@ def main() -> None:
                     spec["p_threshold"] = args.p_threshold
                 if pruner == "wilcoxon" and args.spending is not None:
                     spec["spending"] = args.spending
+                if pruner == "wilcoxon" and args.pruned_value is not None:
+                    spec["pruned_value"] = args.pruned_value
                 r = run_arm(Path(tmp), spec, seed, args.items, args)
                 rows.append(r)
                 print(

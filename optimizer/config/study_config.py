@@ -21,7 +21,7 @@ from optimizer.evaluate import BACKENDS
 from optimizer.io.output_folder import DTYPE_NAMES
 from optimizer.study.constraints import Constraint
 from optimizer.study.constraints import parse as parse_constraints
-from optimizer.study.pruning import PRUNERS, SPENDING, PrunerSpec
+from optimizer.study.pruning import PRUNED_VALUES, PRUNERS, SPENDING, PrunerSpec
 from optimizer.study.samplers import SAMPLERS
 from optimizer.study.stages import STRATEGIES, SearchSpec
 
@@ -162,6 +162,13 @@ PRUNER_KEYS = (
         one_of(SPENDING),
     ),
     Key(
+        "pruned_value",
+        ("str",),
+        None,
+        "wilcoxon: partial (the mean of the items seen) or paired (an estimate against the best)",
+        one_of(PRUNED_VALUES),
+    ),
+    Key(
         "min_items",
         ("int",),
         None,
@@ -180,6 +187,7 @@ PRUNER_KEYS = (
 PRUNER_OWN_KEYS = {
     "p_threshold": "wilcoxon",
     "spending": "wilcoxon",
+    "pruned_value": "wilcoxon",
     "min_items": "hyperband",
     "reduction_factor": "hyperband",
 }
@@ -428,8 +436,9 @@ def _pruner(raw: Any, where: str) -> PrunerSpec:
             raise ConfigError(
                 f"{where}: {key} applies to the {owner} pruner, not {section['name']!r}"
             )
-    # spending: none is the default spelled out: the same study, the same fingerprint
-    given = {k: v for k, v in section.items() if v is not None and (k, v) != ("spending", "none")}
+    # the defaults spelled out: the same study, the same fingerprint
+    defaults = {("spending", "none"), ("pruned_value", "partial")}
+    given = {k: v for k, v in section.items() if v is not None and (k, v) not in defaults}
     return PrunerSpec(**given)
 
 

@@ -273,7 +273,8 @@ def score_trial(study: Study, trial: optuna.Trial) -> float | list[float]:
 
 
 def evaluate(study: Study, trial: optuna.Trial) -> tuple[dict[str, float], float | None]:
-    """The candidate's per-task scores, and its partial mean if it was pruned.
+    """The candidate's per-task scores, and if it was pruned the value it is
+    told: its partial mean, or with ``pruned_value: paired`` its paired estimate.
 
     Without a pruner every item is scored at once. With one, the items go in
     the study's fixed order a chunk at a time, reported to Optuna; a reference
@@ -290,11 +291,16 @@ def evaluate(study: Study, trial: optuna.Trial) -> tuple[dict[str, float], float
         study.cfg.pruner.name,
         may_prune=not is_reference(trial),
         interruptible=study.interrupts.interruptible,
+        paired=study.cfg.pruner.pruned_value == "paired",
     )
     if not result.pruned:
         return result.scores, None
     log.debug("trial %d pruned after %d of %d items", trial.number, result.items, result.of)
-    trial.set_user_attr(PRUNED, {"items": result.items, "of": result.of})
+    pruned = {"items": result.items, "of": result.of}
+    if result.estimate is not None:
+        trial.set_user_attr(PRUNED, {**pruned, "partial_mean": result.value})
+        return result.scores, result.estimate
+    trial.set_user_attr(PRUNED, pruned)
     return result.scores, result.value
 
 

@@ -55,13 +55,13 @@ class TrialReporter:
         method = trial.params.get("method", "?")
         timing = trial.user_attrs.get("timing", {})
         from optimizer.study.constraints import broken
-        from optimizer.study.pruning import PRUNED, REUSED_FROM
+        from optimizer.study.pruning import PRUNED, REUSED_FROM, pruned_note
 
         pruned = trial.user_attrs.get(PRUNED)
         if trial.state == TrialState.COMPLETE and pruned:
             what = (
                 f"[yellow]pruned[/yellow] after {pruned['items']}/{pruned['of']} items "
-                f"(partial mean {trial.value:.4f})"
+                f"({pruned_note(pruned, trial.value, 4)})"
             )
         elif trial.state == TrialState.COMPLETE:
             breaks = broken(trial)

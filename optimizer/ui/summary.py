@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from optuna.trial import FrozenTrial, TrialState
 
 from optimizer.study.constraints import broken, feasible
-from optimizer.study.pruning import PRUNED
+from optimizer.study.pruning import PRUNED, pruned_note
 
 PHASES = ("materialize", "evaluate", "rest", "wall")
 
@@ -96,9 +96,8 @@ def stopped(study) -> list[tuple[FrozenTrial, str, str]]:
     for t in study.study.get_trials(deepcopy=False):
         pruned = t.user_attrs.get(PRUNED)
         if t.state == TrialState.COMPLETE and pruned:
-            why = (
-                f"pruned after {pruned['items']}/{pruned['of']} items (partial mean {t.value:.3f})"
-            )
+            note = pruned_note(pruned, t.value, 3)
+            why = f"pruned after {pruned['items']}/{pruned['of']} items ({note})"
             out.append((t, "pruned", why))
         elif t.state == TrialState.FAIL:
             out.append((t, "fail", t.user_attrs.get("fail_reason", "no reason stored")))

@@ -425,3 +425,43 @@ def test_spending_none_is_the_default_spelled_out(study_zoo, tmp_path):
     path = pruning_study(tmp_path, study_zoo, {"name": "wilcoxon", "spending": "pocock"})
     with pytest.raises(ConfigError, match="created with a different pruner"):
         open_study(path)
+
+
+def test_paired_estimate_golden():
+    from optuna.trial import create_trial
+
+    from optimizer.study.pruning import paired_estimate
+
+    ref = create_trial(value=0.8, intermediate_values={0: 0.5, 1: 0.7, 2: 0.9})
+    # the reference's 0.8, plus the mean of (0.4 - 0.5, 0.6 - 0.7)
+    assert paired_estimate(ref, {0: 0.4, 1: 0.6}) == pytest.approx(0.7)
+    assert paired_estimate(ref, {5: 0.4}) is None  # no item in common
+
+
+def test_a_pruned_trial_told_its_paired_estimate(study_zoo, tmp_path, scripted):
+    """``pruned_value: paired``: each pruned trial's value is the paired
+    estimate against a whole trial before it (the best then), below the best;
+    its partial mean is kept beside it and the report shows both."""
+    from optimizer.study.pruning import paired_estimate
+
+    spec = {"name": "wilcoxon", "chunk": 8, "pruned_value": "paired"}
+    path = pruning_study(tmp_path, study_zoo, spec)
+    study = open_study(path)
+    study.run()
+    complete = study.study.get_trials(states=(TrialState.COMPLETE,))
+    pruned = [t for t in complete if PRUNED in t.user_attrs]
+    full = [t for t in complete if PRUNED not in t.user_attrs]
+    assert pruned and full
+    best = max(t.value for t in full)
+    for t in pruned:
+        seen = t.user_attrs[PRUNED]
+        steps = t.intermediate_values
+        assert math.isclose(seen["partial_mean"], sum(steps.values()) / len(steps))
+        assert t.value < best
+        earlier = [w for w in full if w.number < t.number]
+        estimates = [paired_estimate(w, steps) for w in earlier]
+        assert any(math.isclose(t.value, e) for e in estimates), (t.value, estimates)
+    from optimizer.ui.report import write_report
+
+    page = write_report(study, tmp_path / "report").read_text()
+    assert "paired estimate" in page and "partial mean" in page
