@@ -158,14 +158,16 @@ PRUNER_KEYS = (
         "spending",
         ("str",),
         None,
-        "wilcoxon: none (p_threshold at each look) or pocock (spent over the looks)",
+        "wilcoxon: none (p_threshold at each look) or pocock (spent over the looks) "
+        f"(default {PrunerSpec.spending})",
         one_of(SPENDING),
     ),
     Key(
         "pruned_value",
         ("str",),
         None,
-        "wilcoxon: partial (the mean of the items seen) or paired (an estimate against the best)",
+        "wilcoxon: a pruned trial's value, partial (the mean of the items seen) or paired "
+        f"(an estimate against the best) (default {PrunerSpec.pruned_value})",
         one_of(PRUNED_VALUES),
     ),
     Key(
@@ -436,9 +438,7 @@ def _pruner(raw: Any, where: str) -> PrunerSpec:
             raise ConfigError(
                 f"{where}: {key} applies to the {owner} pruner, not {section['name']!r}"
             )
-    # the defaults spelled out: the same study, the same fingerprint
-    defaults = {("spending", "none"), ("pruned_value", "partial")}
-    given = {k: v for k, v in section.items() if v is not None and (k, v) not in defaults}
+    given = {k: v for k, v in section.items() if v is not None}
     return PrunerSpec(**given)
 
 

@@ -53,8 +53,8 @@ class PrunerSpec:
     name: str = "none"
     chunk: int = 32  # items scored between two pruning decisions
     p_threshold: float = 0.2  # wilcoxon: prune when the paired test's p-value is below
-    spending: str | None = None  # wilcoxon: "pocock" spends p_threshold over the looks
-    pruned_value: str | None = None  # wilcoxon: "paired" tells a paired estimate, not the mean
+    spending: str = "none"  # wilcoxon: "pocock" spends p_threshold over the looks
+    pruned_value: str = "partial"  # wilcoxon: "paired" tells a paired estimate, not the mean
     min_items: int | None = None  # hyperband: the first rung (default: one chunk)
     reduction_factor: int = 3  # hyperband: 1 in this many trials goes on at each rung
 
@@ -63,7 +63,10 @@ class PrunerSpec:
         return self.name != "none"
 
     def describe(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items() if v is not None}
+        """The settings a study is fingerprinted with; a setting at what studies
+        did before it existed is left out, so those studies still resume."""
+        before = {"spending": "none", "pruned_value": "partial"}
+        return {k: v for k, v in self.__dict__.items() if v is not None and before.get(k) != v}
 
 
 def make_pruner(spec: PrunerSpec, n_items: int) -> optuna.pruners.BasePruner:

@@ -418,10 +418,13 @@ def test_pocock_spending_keeps_candidates_as_good_as_the_best():
 
 
 def test_spending_none_is_the_default_spelled_out(study_zoo, tmp_path):
-    """Same study, same fingerprint: ``spending: none`` resumes a study made
-    without it; ``pocock`` is another pruner and is refused, naming it."""
+    """Same study, same fingerprint: ``spending: none`` and ``pruned_value:
+    partial`` resume a study made before those keys; ``pocock`` is another
+    pruner and is refused, naming it."""
     open_study(pruning_study(tmp_path, study_zoo, "wilcoxon"))
     open_study(pruning_study(tmp_path, study_zoo, {"name": "wilcoxon", "spending": "none"}))
+    spelled = {"name": "wilcoxon", "spending": "none", "pruned_value": "partial"}
+    open_study(pruning_study(tmp_path, study_zoo, spelled))
     path = pruning_study(tmp_path, study_zoo, {"name": "wilcoxon", "spending": "pocock"})
     with pytest.raises(ConfigError, match="created with a different pruner"):
         open_study(path)
