@@ -132,12 +132,9 @@ def main() -> None:
         for seed in args.seeds:
             for pruner in args.pruners:
                 spec = {"name": pruner, "chunk": args.chunk}
-                if pruner == "wilcoxon" and args.p_threshold is not None:
-                    spec["p_threshold"] = args.p_threshold
-                if pruner == "wilcoxon" and args.spending is not None:
-                    spec["spending"] = args.spending
-                if pruner == "wilcoxon" and args.pruned_value is not None:
-                    spec["pruned_value"] = args.pruned_value
+                if pruner == "wilcoxon":  # its own settings, where given
+                    own = ("p_threshold", "spending", "pruned_value")
+                    spec.update({k: getattr(args, k) for k in own if getattr(args, k) is not None})
                 r = run_arm(Path(tmp), spec, seed, args.items, args)
                 rows.append(r)
                 print(

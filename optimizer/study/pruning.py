@@ -139,7 +139,7 @@ def paired_estimate(reference: FrozenTrial, graded: dict[int, float]) -> float |
     and the estimate lands below the reference, as the test just found."""
     ref = reference.intermediate_values
     diffs = [v - ref[position] for position, v in graded.items() if position in ref]
-    if not diffs or reference.value is None:
+    if not diffs:
         return None
     return reference.value + math.fsum(diffs) / len(diffs)
 
@@ -273,10 +273,9 @@ def score_in_chunks(
     ``paired``: a pruned trial's ``estimate`` is its ``paired_estimate``
     against the best trial scored whole, the pruner's reference."""
     raw: dict[str, list[float]] = {}
-    by_position: dict[int, float] = {}
     estimate = None
     weighted: list[float] = []
-    graded: list[float] = []
+    graded: dict[int, float] = {}  # position -> weighted graded result
     chunks = plan.chunks()
     for k, chunk in enumerate(chunks):
         with interruptible():
@@ -284,17 +283,16 @@ def score_in_chunks(
         for (position, (name, _)), result in zip(chunk, results, strict=True):
             raw.setdefault(name, []).append(result.value)
             weighted.append(result.value * plan.weights[name])
-            graded.append(result.graded * plan.weights[name])
-            by_position[position] = graded[-1]
+            graded[position] = result.graded * plan.weights[name]
             if trial is not None and pruner == "wilcoxon":
-                trial.report(graded[-1], position)
+                trial.report(graded[position], position)
         if trial is None:
             continue
         if pruner == "hyperband":
-            trial.report(math.fsum(graded) / len(graded), len(graded))
+            trial.report(math.fsum(graded.values()) / len(graded), len(graded))
         if may_prune and k + 1 < len(chunks) and trial.should_prune():
             reference = best_whole(trial.study) if paired else None
-            estimate = paired_estimate(reference, by_position) if reference else None
+            estimate = paired_estimate(reference, graded) if reference else None
             break
     scores = {
         o.name: math.fsum(raw[o.name]) / len(raw[o.name]) for o in objectives if o.name in raw

@@ -42,6 +42,15 @@ def open_study(path) -> Study:
     return Study(StudyConfig.from_yaml(path))
 
 
+def pruned_and_whole(study: Study) -> tuple[list, list]:
+    """The completed trials, (pruned, scored whole); both kinds must be there."""
+    complete = study.study.get_trials(states=(TrialState.COMPLETE,))
+    pruned = [t for t in complete if PRUNED in t.user_attrs]
+    full = [t for t in complete if PRUNED not in t.user_attrs]
+    assert pruned and full
+    return pruned, full
+
+
 def test_item_values_average_to_each_task_score():
     """``score_items`` gives lm-eval's per-document values: their mean is the
     task's score, and an item scored within any subset gets the same value."""
@@ -170,11 +179,9 @@ def test_wilcoxon_prunes_worse_trials_and_keeps_their_partial_mean(
     path = pruning_study(tmp_path, study_zoo, {"name": "wilcoxon", "chunk": 8})
     study = open_study(path)
     summary = study.run()
+    pruned, full = pruned_and_whole(study)
     complete = study.study.get_trials(states=(TrialState.COMPLETE,))
     assert summary.completed == len(complete) == 14  # pruned trials count
-    pruned = [t for t in complete if PRUNED in t.user_attrs]
-    full = [t for t in complete if PRUNED not in t.user_attrs]
-    assert pruned and full
     best = max(t.value for t in full)
     for t in pruned:
         seen = t.user_attrs[PRUNED]
@@ -451,10 +458,7 @@ def test_a_pruned_trial_told_its_paired_estimate(study_zoo, tmp_path, scripted):
     path = pruning_study(tmp_path, study_zoo, spec)
     study = open_study(path)
     study.run()
-    complete = study.study.get_trials(states=(TrialState.COMPLETE,))
-    pruned = [t for t in complete if PRUNED in t.user_attrs]
-    full = [t for t in complete if PRUNED not in t.user_attrs]
-    assert pruned and full
+    pruned, full = pruned_and_whole(study)
     best = max(t.value for t in full)
     for t in pruned:
         seen = t.user_attrs[PRUNED]
