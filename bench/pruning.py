@@ -16,6 +16,9 @@ means over seeds and the trials-per-hour ratio.
                             [--pruned-value paired] [--limit N] [--methods ...]
                             [--backend fast|hf] [--family knowledge|skills]
 
+An arm may set its pruner's own keys, so variants run side by side on the
+same machine: ``--pruners none wilcoxon wilcoxon,pruned_value=paired``.
+
 Every method's caches are built before the clock starts (the first TIES
 candidate of a process spends tens of seconds ranking magnitudes, the same
 in every arm).
@@ -24,6 +27,7 @@ in every arm).
 from __future__ import annotations
 
 import argparse
+import re
 import statistics
 import sys
 import tempfile
@@ -33,6 +37,7 @@ from pathlib import Path
 from families import FAMILIES
 
 from optimizer.config.study_config import StudyConfig
+from optimizer.errors import MergeoptError
 from optimizer.study.pruning import PRUNED, REUSED_FROM
 from optimizer.study.study import Study
 
@@ -58,21 +63,45 @@ def warm_up(study: Study) -> None:
         study.merger.materialize(MergeConfig.from_dict(study.candidate(params)))
 
 
-def run_arm(folder: Path, pruner: dict, seed: int, budget: int, args) -> dict:
-    from optuna.trial import TrialState
+def pruner_spec(arm: str, args) -> dict:
+    """``objective.pruner`` of one arm: ``name`` or ``name,key=value,...`` (so
+    one run can set variants side by side: ``wilcoxon,pruned_value=paired``;
+    values are read as YAML, as the study file would); wilcoxon's settings
+    given as flags apply to every wilcoxon arm that does not set them itself."""
+    import yaml
 
-    objective = {"pruner": pruner, "batch_size": 16, "backend": args.backend}
+    name, *pairs = arm.split(",")
+    spec: dict = {"name": name, "chunk": args.chunk}
+    if name == "wilcoxon":
+        own = ("p_threshold", "spending", "pruned_value")
+        spec.update({k: getattr(args, k) for k in own if getattr(args, k) is not None})
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise SystemExit(f"--pruners {arm}: {pair!r} is not key=value")
+        spec[key] = yaml.safe_load(value)
+    return spec
+
+
+def study_path(folder: Path, arm: str, seed: int, args) -> Path:
+    """The study file of one arm and sampler seed."""
+    objective = {"pruner": pruner_spec(arm, args), "batch_size": 16, "backend": args.backend}
     if args.limit:
         objective["limit"] = args.limit
-    path = FAMILIES[args.family].study_file(
+    return FAMILIES[args.family].study_file(
         folder,
-        f"prune-{pruner['name']}-{seed}",
+        f"prune-{re.sub(r'[^a-z0-9]+', '-', arm)}-{seed}",
         objective,
         **({"methods": args.methods} if args.methods else {}),
         sampler={"name": "tpe", "seed": seed},
         n_trials=10_000,
         seed=0,
     )
+
+
+def run_arm(path: Path, arm: str, seed: int, budget: int) -> dict:
+    from optuna.trial import TrialState
+
     study = Study(StudyConfig.from_yaml(path))
     warm_up(study)
     n_items = sum(1 for _ in study.evaluator.items())
@@ -86,7 +115,7 @@ def run_arm(folder: Path, pruner: dict, seed: int, budget: int, args) -> dict:
     study.score_heldout([best])
     held = study.heldout_scores(best)
     return {
-        "pruner": pruner["name"],
+        "pruner": arm,
         "seed": seed,
         "trials": trials,
         "pruned": len(study.pruned()),
@@ -114,7 +143,12 @@ def main() -> None:
     )
     ap.add_argument("--spending", default=None, help="wilcoxon's: none or pocock")
     ap.add_argument("--pruned-value", default=None, help="wilcoxon's: partial or paired")
-    ap.add_argument("--pruners", nargs="+", default=["none", "wilcoxon"])
+    ap.add_argument(
+        "--pruners",
+        nargs="+",
+        default=["none", "wilcoxon"],
+        help="arms: a pruner, or pruner,key=value,... (wilcoxon,pruned_value=paired)",
+    )
     ap.add_argument("--backend", default="fast", help="the evaluator backend: fast or hf")
     ap.add_argument("--limit", type=int, default=None, help="items per task (default: all)")
     ap.add_argument("--methods", nargs="+", default=None, help="default: all that fit")
@@ -126,16 +160,17 @@ def main() -> None:
         "| pruner | seed | trials (pruned, reused) | items | wall s | s/trial | trials/h "
         "| best search | its held-out | best trial |"
     )
-    print(header)
-    print("|" + "---|" * (header.count("|") - 1))
     with tempfile.TemporaryDirectory() as tmp:
+        for arm in args.pruners:  # a bad arm fails here, before any arm runs
+            try:
+                StudyConfig.from_yaml(study_path(Path(tmp), arm, args.seeds[0], args))
+            except MergeoptError as e:
+                raise SystemExit(f"--pruners {arm}: {e}") from None
+        print(header)
+        print("|" + "---|" * (header.count("|") - 1))
         for seed in args.seeds:
             for pruner in args.pruners:
-                spec = {"name": pruner, "chunk": args.chunk}
-                if pruner == "wilcoxon":  # its own settings, where given
-                    own = ("p_threshold", "spending", "pruned_value")
-                    spec.update({k: getattr(args, k) for k in own if getattr(args, k) is not None})
-                r = run_arm(Path(tmp), spec, seed, args.items, args)
+                r = run_arm(study_path(Path(tmp), pruner, seed, args), pruner, seed, args.items)
                 rows.append(r)
                 print(
                     f"| {r['pruner']} | {r['seed']} | {r['trials']} ({r['pruned']}, {r['reused']}) "
