@@ -23,7 +23,7 @@ from optimizer.study.constraints import Constraint
 from optimizer.study.constraints import parse as parse_constraints
 from optimizer.study.pruning import PRUNED_VALUES, PRUNERS, SPENDING, PrunerSpec
 from optimizer.study.samplers import SAMPLERS
-from optimizer.study.stages import STRATEGIES, SearchSpec
+from optimizer.study.stages import REPEATS, STRATEGIES, SearchSpec
 
 
 def _study_name(name: str) -> str | None:
@@ -228,6 +228,14 @@ SEARCH_KEYS = (
         0,
         "staged: layers per value in stage two (0: a third of the layers)",
         at_least(0),
+    ),
+    Key(
+        "repeats",
+        ("str",),
+        "resample",
+        "a sampled merge already scored. resample: ask again (a repeat, not counted in "
+        "n_trials); reuse: a trial with its scores",
+        one_of(REPEATS),
     ),
 )
 MODEL_KEYS = (Key("model", ("str",), REQUIRED, "model folder"),)

@@ -44,6 +44,7 @@ PRUNED_VALUES = ("partial", "paired")
 PRUNED = "pruned"
 # user attribute of a trial whose merge config equals a completed trial's: its number
 REUSED_FROM = "reused_from"
+REPEAT_OF = "repeat_of"  # user attr of a sampled repeat (pruned, never scored): its twin
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from optimizer.study.study import Study
 
 STRATEGIES = ("joint", "staged")
+REPEATS = ("resample", "reuse")
 # study attribute: {"method": the refined method, "from": the trial it starts at}
 REFINED = "mergeopt:refined"
 # trial attribute of stage two's first trial: the trial whose values it spreads
@@ -41,13 +42,16 @@ class SearchSpec:
     strategy: str = "joint"
     method_share: float = 0.5  # staged: share of n_trials searching over methods
     refine_layer_group_size: int = 0  # staged: layers per value in stage two (0: a third)
+    # a sampled merge already scored: ask the sampler again, or take its scores
+    repeats: str = "resample"
 
     @property
     def staged(self) -> bool:
         return self.strategy == "staged"
 
     def describe(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+        """What a resumed study must keep (how repeats are handled may change)."""
+        return {k: v for k, v in self.__dict__.items() if k != "repeats"}
 
     def first_stage_trials(self, n_trials: int) -> int:
         return max(1, math.ceil(self.method_share * n_trials))

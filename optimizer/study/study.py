@@ -44,6 +44,7 @@ from optimizer.study.interrupts import Interrupts
 from optimizer.study.lock import study_lock
 from optimizer.study.pruning import (
     PRUNED,
+    REPEAT_OF,
     ItemPlan,
     make_pruner,
     score_every_item,
@@ -353,6 +354,11 @@ class Study:
         """Completed trials stopped early: their values are partial means."""
         complete = self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
         return [t for t in complete if PRUNED in t.user_attrs]
+
+    def repeats(self) -> list[FrozenTrial]:
+        """Sampled merges already scored, asked again instead (never scored)."""
+        pruned = self.study.get_trials(deepcopy=False, states=(TrialState.PRUNED,))
+        return [t for t in pruned if REPEAT_OF in t.user_attrs]
 
     def best_trials(self, limit: int = 5) -> list[FrozenTrial]:
         """The best trials scored on every item (a pruned one never is), those

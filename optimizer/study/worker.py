@@ -24,7 +24,7 @@ from optimizer.config.merge_config import MergeConfig
 from optimizer.errors import ConfigError, MergeoptError
 from optimizer.study import _optuna
 from optimizer.study.heartbeat import TrialHeartbeat, beat, seconds_since_beat
-from optimizer.study.pruning import PRUNED, REUSED_FROM, score_in_chunks
+from optimizer.study.pruning import PRUNED, REPEAT_OF, REUSED_FROM, score_in_chunks
 from optimizer.study.samplers import make_sampler, trial_seed
 from optimizer.study.stages import REFINES, refined_method, stage_two_sampler
 
@@ -33,6 +33,9 @@ if TYPE_CHECKING:
 
 HOST = socket.gethostname()
 STARTED = "mergeopt:seeded"  # stored name of "the start points are queued" (kept for old studies)
+# sampled repeats in a row before one is taken as a trial with its twin's scores
+# (a space this small is used up; the budget still ends the study)
+MAX_REPEATS = 10
 START = "start"  # user attr naming a start trial: "base", "expert 0 alone", "ties start point"
 
 log = logging.getLogger("mergeopt")
@@ -176,7 +179,9 @@ def claim(study: Study, budget: int) -> optuna.Trial | str:
     Counting and asking happen under the lock, so concurrent workers never
     start more trials than ``budget`` minus the completed and running ones.
     The trial is stamped with its worker and its parameters are drawn before
-    the lock is released.
+    the lock is released. A sampled merge that was already scored is not a
+    trial (``search.repeats: resample``): it is stored as a pruned repeat, not
+    counted in the budget, and the sampler is asked again.
     """
     cfg = study.cfg
     with study.lock.held():
@@ -187,17 +192,50 @@ def claim(study: Study, budget: int) -> optuna.Trial | str:
         if done + study.count(TrialState.RUNNING) >= budget:
             return "wait"  # the last trials are running elsewhere
         refining = refined_method(study, done)
-        n = _optuna.count(study.storage, study.study)
-        sampler = make_sampler(cfg.sampler, trial_seed(cfg.sampler_seed, n))
-        if refining is not None:
-            sampler = stage_two_sampler(refining, sampler)
-        study.study.sampler = sampler
-        trial = study.study.ask()
-        trial.set_user_attr("worker", {"host": HOST, "pid": os.getpid()})
-        beat(study.storage, _optuna.trial_id(trial))
-        (study.space if refining is None else study.refined).suggest(trial)
+        resample = cfg.search.repeats == "resample"
+        for tries in range(MAX_REPEATS + 1):
+            trial = _ask(study, refining)
+            twin = sampled_repeat(study, trial) if resample and tries < MAX_REPEATS else None
+            if twin is None:
+                break
+            log.debug("trial %d repeats trial %d: asking again", trial.number, twin.number)
+            trial.set_user_attr(REPEAT_OF, twin.number)
+            study.study.tell(trial, state=TrialState.PRUNED)
         log.debug("trial %d claimed", trial.number)
         return trial
+
+
+def _ask(study: Study, refining: str | None) -> optuna.Trial:
+    """A new trial from the study's sampler (seeded by the trial's number), its
+    parameters drawn, stamped with this worker."""
+    n = _optuna.count(study.storage, study.study)
+    sampler = make_sampler(study.cfg.sampler, trial_seed(study.cfg.sampler_seed, n))
+    if refining is not None:
+        sampler = stage_two_sampler(refining, sampler)
+    study.study.sampler = sampler
+    trial = study.study.ask()
+    trial.set_user_attr("worker", {"host": HOST, "pid": os.getpid()})
+    beat(study.storage, _optuna.trial_id(trial))
+    (study.space if refining is None else study.refined).suggest(trial)
+    return trial
+
+
+def sampled_repeat(study: Study, trial: optuna.Trial) -> FrozenTrial | None:
+    """The completed trial whose merge a sampled ``trial`` repeats, or None.
+
+    Told with the twin's value, a repeat teaches the sampler nothing and pulls
+    it further to the same point (TPE kept drawing Model Stock, which has
+    nothing to search, once it led); told pruned, it counts against that
+    point. Queued trials (start points, retries, a refined best) are never
+    repeats: they are asked for on purpose.
+    """
+    if _optuna.enqueued_params(study.storage.get_trial(_optuna.trial_id(trial))):
+        return None
+    try:
+        config = study.candidate(trial.params)
+    except (MergeoptError, ValueError, KeyError):
+        return None  # an invalid candidate fails as a trial, with its reason
+    return completed_twin(study, config)
 
 
 def _canonical(config: dict) -> str:

@@ -107,7 +107,10 @@ def status_tables(study) -> list[Table]:
     counts = summary.state_counts(study)
     states = Table(
         title=f"study {study.cfg.name}: trials by state",
-        caption="the budget (n_trials) counts complete and pruned trials",
+        caption=(
+            "the budget (n_trials) counts complete and pruned trials; a repeat (a merge "
+            "already scored, drawn again) is not scored and not counted"
+        ),
     )
     for name in counts:
         states.add_column(name, justify="right")

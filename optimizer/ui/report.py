@@ -19,7 +19,7 @@ import optuna
 import yaml
 from optuna.trial import FrozenTrial, TrialState
 
-from optimizer.study.pruning import PRUNED, REUSED_FROM
+from optimizer.study.pruning import PRUNED, REPEAT_OF, REUSED_FROM
 from optimizer.ui import summary
 from optimizer.ui.console import params_text
 
@@ -32,9 +32,9 @@ def view(study: optuna.Study, trials: Iterable[FrozenTrial] | None = None) -> op
     with its partial mean as an intermediate value."""
     out = optuna.create_study(direction=study.directions[0])
     for t in study.get_trials(deepcopy=False) if trials is None else trials:
-        pruned = t.state == TrialState.PRUNED or PRUNED in t.user_attrs
+        pruned = PRUNED in t.user_attrs  # a repeat (Optuna's pruned state) was never scored
         state = TrialState.PRUNED if pruned else t.state
-        if state not in (TrialState.COMPLETE, TrialState.PRUNED):
+        if state not in (TrialState.COMPLETE, TrialState.PRUNED) or REPEAT_OF in t.user_attrs:
             state = TrialState.FAIL  # kept (not plotted), so trial numbers stay the study's
         out.add_trial(
             optuna.trial.create_trial(

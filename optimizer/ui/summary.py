@@ -50,12 +50,15 @@ def tasks(study) -> list[str]:
 
 def state_counts(study) -> dict[str, int]:
     """Trials by state, a pruned trial (complete in Optuna: its value is a
-    partial mean) counted apart from those scored on every item."""
+    partial mean) counted apart from those scored on every item, and the
+    sampler's repeats (pruned in Optuna, never scored) apart from both."""
     counts = study.counts()
     pruned = len(study.pruned())
+    repeats = len(study.repeats())
     out = {s.name.lower(): counts[s] for s in TrialState}
     out["complete"] -= pruned
-    out["pruned"] += pruned
+    out["pruned"] += pruned - repeats
+    out["repeat"] = repeats
     return out
 
 

@@ -430,6 +430,14 @@ def test_a_run_prints_no_third_party_progress_bars(study_zoo, tmp_path):
     assert "it/s]" not in printed and "%|" not in printed, printed  # tqdm's marks
 
 
+def scoring_calls(study) -> list[bool]:
+    """Each scoring of the study's evaluator from now on (its ``heldout`` flag)."""
+    calls: list[bool] = []
+    score = study.evaluator.score
+    study.evaluator.score = lambda heldout=False: calls.append(heldout) or score(heldout)
+    return calls
+
+
 def test_a_repeated_merge_reuses_the_scores_without_evaluating(study_zoo, tmp_path, capsys):
     """Model Stock has nothing to search: after its first trial, each of its
     trials is the same merge, scored once."""
@@ -438,9 +446,7 @@ def test_a_repeated_merge_reuses_the_scores_without_evaluating(study_zoo, tmp_pa
 
     path = write_study(tmp_path, study_zoo, methods=["model_stock"], n_trials=6)
     study = open_study(path)
-    calls = []
-    score = study.evaluator.score
-    study.evaluator.score = lambda heldout=False: calls.append(heldout) or score(heldout)
+    calls = scoring_calls(study)
     assert study.run().completed == 6
     trials = study.study.get_trials(states=(TrialState.COMPLETE,))
     reused = [t for t in trials if REUSED_FROM in t.user_attrs]
@@ -458,6 +464,50 @@ def test_a_repeated_merge_reuses_the_scores_without_evaluating(study_zoo, tmp_pa
     # a resumed run shows it
     assert main(["run", str(path), "--n-trials", "7", "--no-export"]) == 0
     assert "its scores reused" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("repeats", ["resample", "reuse"])
+def test_a_sampled_repeat_is_asked_again_and_not_counted(study_zoo, tmp_path, repeats):
+    """Model Stock has two merges (filter_wise or not). A third trial can only
+    repeat one: with ``resample`` the sampler is asked again, each repeat
+    stored pruned (so TPE counts it against that point), never scored, not
+    in the budget, until after 10 in a row one is taken with its twin's
+    scores; with ``reuse`` (the earlier behaviour) the first repeat is."""
+    from optimizer.study.pruning import REPEAT_OF, REUSED_FROM
+    from optimizer.study.worker import MAX_REPEATS
+    from optimizer.ui.summary import state_counts
+
+    path = write_study(
+        tmp_path, study_zoo, methods=["model_stock"], n_trials=3, search={"repeats": repeats}
+    )
+    study = open_study(path)
+    calls = scoring_calls(study)
+    assert study.run().completed == 3
+    complete = study.study.get_trials(states=(TrialState.COMPLETE,))
+    distinct = {json.dumps(t.user_attrs["config"], sort_keys=True) for t in complete}
+    assert calls.count(False) == len(distinct)  # one scoring per distinct merge
+    repeats_ = study.repeats()
+    assert state_counts(study)["repeat"] == len(repeats_)
+    if repeats == "reuse":
+        assert repeats_ == [] and len(study.study.trials) == 3
+        return
+    assert len(distinct) == 2  # a repeat never took the place of the other merge
+    by_number = {t.number: t for t in complete}
+    (reused,) = [t for t in complete if REUSED_FROM in t.user_attrs]
+    # every repeat after the second distinct merge, then the 11th draw is reused
+    assert len(repeats_) >= MAX_REPEATS
+    assert [t.number for t in repeats_[-MAX_REPEATS:]] == list(
+        range(reused.number - MAX_REPEATS, reused.number)
+    )
+    for t in repeats_:
+        assert t.state == TrialState.PRUNED and "scores" not in t.user_attrs
+        twin = by_number[t.user_attrs[REPEAT_OF]]
+        assert study.candidate(t.params) == twin.user_attrs["config"]
+    # the status shows them apart from pruned trials; the report draws them nowhere
+    from optimizer.ui.report import view
+
+    assert state_counts(study)["pruned"] == 0
+    assert len(view(study.study).get_trials(states=(TrialState.PRUNED,))) == 0
 
 
 def test_a_sqlite_study_commits_without_waiting_for_the_disk(tmp_path):
