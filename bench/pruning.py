@@ -8,8 +8,9 @@ until it has scored ``--items`` items (a whole trial scores every search
 item; a pruned one, the chunks it saw; a reused merge, none), so both arms
 spend the same evaluation compute whatever their trial counts. Prints per
 run: trials finished (pruned and reused among them), items scored, wall time, trials
-per hour, the best search score and that trial's held-out score; then the
-means over seeds and the trials-per-hour ratio.
+per hour, the best search score, that trial's held-out mean over the
+family's tasks and its held-out retention (apart, as ``bench/quality.py``
+prints them); then the means over seeds and the trials-per-hour ratio.
 
     python bench/pruning.py [--seeds 0 1 2] [--items 6000] [--pruners none wilcoxon]
                             [--chunk 32] [--p-threshold 0.2] [--spending pocock]
@@ -35,6 +36,7 @@ import time
 from pathlib import Path
 
 from families import FAMILIES
+from family import Family
 
 from optimizer.config.study_config import StudyConfig
 from optimizer.errors import MergeoptError
@@ -99,7 +101,7 @@ def study_path(folder: Path, arm: str, seed: int, args) -> Path:
     )
 
 
-def run_arm(path: Path, arm: str, seed: int, budget: int) -> dict:
+def run_arm(path: Path, arm: str, seed: int, budget: int, family: Family) -> dict:
     from optuna.trial import TrialState
 
     study = Study(StudyConfig.from_yaml(path))
@@ -114,6 +116,7 @@ def run_arm(path: Path, arm: str, seed: int, budget: int) -> dict:
     best = study.best_trials(1)[0]
     study.score_heldout([best])
     held = study.heldout_scores(best)
+    names = [family.task(e.name) for e in family.experts()]
     return {
         "pruner": arm,
         "seed": seed,
@@ -128,7 +131,8 @@ def run_arm(path: Path, arm: str, seed: int, budget: int) -> dict:
         "per_hour": trials / wall * 3600,
         "per_trial": wall / trials,
         "search": best.value,
-        "heldout": statistics.mean(held.values()),
+        "heldout": statistics.mean(held[n] for n in names),
+        "retention": held[family.retention],
         "best": f"{best.number} {best.params.get('method')}",
     }
 
@@ -158,7 +162,7 @@ def main() -> None:
     rows = []
     header = (
         "| pruner | seed | trials (pruned, reused) | items | wall s | s/trial | trials/h "
-        "| best search | its held-out | best trial |"
+        "| best search | its held-out | its retention | best trial |"
     )
     with tempfile.TemporaryDirectory() as tmp:
         for arm in args.pruners:  # a bad arm fails here, before any arm runs
@@ -170,18 +174,23 @@ def main() -> None:
         print("|" + "---|" * (header.count("|") - 1))
         for seed in args.seeds:
             for pruner in args.pruners:
-                r = run_arm(study_path(Path(tmp), pruner, seed, args), pruner, seed, args.items)
+                path = study_path(Path(tmp), pruner, seed, args)
+                r = run_arm(path, pruner, seed, args.items, FAMILIES[args.family])
                 rows.append(r)
                 print(
                     f"| {r['pruner']} | {r['seed']} | {r['trials']} ({r['pruned']}, {r['reused']}) "
                     f"| {r['items']} "
                     f"| {r['wall']:.0f} | {r['per_trial']:.1f} | {r['per_hour']:.0f} "
-                    f"| {r['search']:.4f} | {r['heldout']:.4f} | {r['best']} |"
+                    f"| {r['search']:.4f} | {r['heldout']:.4f} | {r['retention']:.4f} "
+                    f"| {r['best']} |"
                 )
                 sys.stdout.flush()
     print()
-    print("| pruner | trials/h (mean) | s/trial | best search (mean) | held-out (mean) |")
-    print("|---|---|---|---|---|")
+    print(
+        "| pruner | trials/h (mean) | s/trial | best search (mean) | held-out (mean) "
+        "| retention (mean) |"
+    )
+    print("|---|---|---|---|---|---|")
     means = {}
     for pruner in args.pruners:
         mine = [r for r in rows if r["pruner"] == pruner]
@@ -190,7 +199,8 @@ def main() -> None:
             f"| {pruner} | {means[pruner]:.0f} "
             f"| {statistics.mean(r['per_trial'] for r in mine):.1f} "
             f"| {statistics.mean(r['search'] for r in mine):.4f} "
-            f"| {statistics.mean(r['heldout'] for r in mine):.4f} |"
+            f"| {statistics.mean(r['heldout'] for r in mine):.4f} "
+            f"| {statistics.mean(r['retention'] for r in mine):.4f} |"
         )
     if "none" in means:
         for pruner in args.pruners:

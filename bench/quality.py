@@ -28,12 +28,13 @@ import argparse
 import statistics
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 from families import FAMILIES
 from family import Family
 from optuna.trial import TrialState
-from pruning import items_scored
+from pruning import items_scored, warm_up
 
 from optimizer.config.study_config import StudyConfig
 from optimizer.study.study import Study
@@ -68,6 +69,8 @@ def run(family: Family, strategy: str, seed: int, folder: Path, args) -> dict:
         **{**top, "sampler": sampler, "n_trials": trials, "seed": 0},
     )
     study = Study(StudyConfig.from_yaml(path))
+    warm_up(study)  # the rank caches, before the clock (as bench/pruning.py does)
+    start = time.perf_counter()
     if args.items:
         n_items = sum(1 for _ in study.evaluator.items())
         while items_scored(study, n_items) < args.items:
@@ -75,6 +78,7 @@ def run(family: Family, strategy: str, seed: int, folder: Path, args) -> dict:
                 raise SystemExit("interrupted")  # Ctrl-C stops the bench, not just a trial
     else:
         study.run()
+    wall = time.perf_counter() - start
     best = study.best_trials(1)[0]
     names = [family.task(e.name) for e in family.experts()]
     alone = {  # expert i alone, the start trial, scores task i held-out as the expert
@@ -93,7 +97,9 @@ def run(family: Family, strategy: str, seed: int, folder: Path, args) -> dict:
         "normalized": statistics.mean(held[n] / own[n] for n in names),
         "best": f"{best.number} {best.params.get('method')}",
         "trials": study.count(TrialState.COMPLETE),
+        "pruned": len(study.pruned()),
         "repeats": len(study.repeats()),
+        "wall": wall,
     }
 
 
@@ -132,7 +138,8 @@ def main() -> None:
                     print(  # each run as it ends, to stderr (the table stays clean)
                         f"  {strategy} seed {seed}: "
                         + ", ".join(f"{k} {r[k]:.3f}" for k in STAT_KEYS)
-                        + f", {r['trials']} trials ({r['repeats']} repeats asked again), "
+                        + f", {r['trials']} trials ({r['pruned']} pruned, "
+                        + f"{r['repeats']} repeats asked again) in {r['wall']:.0f} s, "
                         + f"best trial {r['best']}",
                         file=sys.stderr,
                         flush=True,
@@ -140,16 +147,21 @@ def main() -> None:
         budget = f"{args.items} scored items" if args.items else f"{args.trials} trials"
         print(f"\n{name}: {budget}, seeds {args.seeds} (mean ± sd of the best trial)")
         print(
-            "| strategy | search | held-out | retention | normalized held-out | trials "
-            "| repeats asked again | best trials |"
+            "| strategy | search | held-out | retention | normalized held-out | trials (pruned) "
+            "| trials/h | repeats asked again | best trials |"
         )
-        print("|---|---|---|---|---|---|---|---|")
+        print("|---|---|---|---|---|---|---|---|---|")
         for strategy, runs in rows.items():
             cells = [spread([r[k] for r in runs]) for k in STAT_KEYS]
             best = ", ".join(r["best"] for r in runs)
-            trials = "/".join(str(r["trials"]) for r in runs)
+            trials = "/".join(f"{r['trials']} ({r['pruned']})" for r in runs)
+            per_hour = statistics.mean(r["trials"] / r["wall"] * 3600 for r in runs)
             repeats = "/".join(str(r["repeats"]) for r in runs)
-            print(f"| {strategy} | " + " | ".join(cells) + f" | {trials} | {repeats} | {best} |")
+            print(
+                f"| {strategy} | "
+                + " | ".join(cells)
+                + f" | {trials} | {per_hour:.0f} | {repeats} | {best} |"
+            )
         sys.stdout.flush()
 
 
