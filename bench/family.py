@@ -82,6 +82,11 @@ class Family:
     def retention(self) -> str:
         return f"{self.name}_retention"
 
+    @property
+    def expert_tasks(self) -> list[str]:
+        """Each expert's search task, in the experts' order (retention apart)."""
+        return [self.task(e.name) for e in self.experts()]
+
     def write_tasks(self) -> Path:
         """<family>_<expert>[_heldout] and <family>_retention[_heldout], as lm-eval YAML."""
         folder = self.root / "tasks"
@@ -174,7 +179,7 @@ class Family:
 
         models = self.build()
         index = index_tasks([self.root / "tasks"])
-        names = [self.task(e.name) for e in self.experts()] + [self.retention]
+        names = [*self.expert_tasks, self.retention]
         objectives = [
             TaskObjective(t, task_config(index[t]), "acc", 1.0, task_config(index[f"{t}_heldout"]))
             for t in names

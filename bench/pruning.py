@@ -116,7 +116,7 @@ def run_arm(path: Path, arm: str, seed: int, budget: int, family: Family) -> dic
     best = study.best_trials(1)[0]
     study.score_heldout([best])
     held = study.heldout_scores(best)
-    names = [family.task(e.name) for e in family.experts()]
+    names = family.expert_tasks
     return {
         "pruner": arm,
         "seed": seed,

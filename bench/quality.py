@@ -80,7 +80,7 @@ def run(family: Family, strategy: str, seed: int, folder: Path, args) -> dict:
         study.run()
     wall = time.perf_counter() - start
     best = study.best_trials(1)[0]
-    names = [family.task(e.name) for e in family.experts()]
+    names = family.expert_tasks
     alone = {  # expert i alone, the start trial, scores task i held-out as the expert
         start_label(t): t
         for t in study.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
